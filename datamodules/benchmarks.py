@@ -1,0 +1,305 @@
+"""Editing benchmarks as datasets, and a datamodule for ``sama test``.
+
+A benchmark is a list of :class:`BenchmarkItem` (source clip, instruction, optional ground
+truth). One small class per on-disk format:
+
+- :class:`SynthEditBenchmark`: SynthEdit's held-out test split, generated in memory (exact
+  targets and masks);
+- :class:`ManifestBenchmark`: any JSONL manifest in the paired-edit format (``id``,
+  ``source``, ``instruction``; ``target``, ``mask``, ``category``, ``target_caption``
+  optional);
+- :class:`EditVerseBench`: EditVerseBench's ``test.json`` (no ground truth).
+
+Adding a format means subclassing :class:`Benchmark` with ``__len__`` and ``item``.
+Layouts: ``source`` / ``target`` uint8 ``(T, H, W, 3)``; ``mask`` bool ``(T, H, W)``, True
+where the edit should change pixels.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from sama.io import read_video
+
+__all__ = [
+    "Benchmark",
+    "BenchmarkItem",
+    "BenchmarkDataModule",
+    "EditVerseBench",
+    "ManifestBenchmark",
+    "SynthEditBenchmark",
+]
+
+
+@dataclass
+class BenchmarkItem:
+    """One benchmark sample. Videos uint8 ``(T, H, W, 3)``; mask bool ``(T, H, W)``."""
+
+    id: str
+    instruction: str
+    source: Tensor
+    fps: float = 8.0
+    category: str = "all"
+    target: Tensor | None = None
+    mask: Tensor | None = None
+    caption: str | None = None
+    source_path: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Benchmark(Dataset, ABC):
+    """A benchmark: indexable :class:`BenchmarkItem` s plus what ground truth it has."""
+
+    name: str = "benchmark"
+    has_target: bool = False
+    has_mask: bool = False
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @abstractmethod
+    def item(self, index: int) -> BenchmarkItem: ...
+
+    def __getitem__(self, index: int) -> BenchmarkItem:
+        return self.item(index)
+
+    def describe(self) -> dict[str, Any]:
+        """Settings stored in ``results.json``."""
+        return {"benchmark": type(self).__name__, "name": self.name, "samples": len(self)}
+
+
+class SynthEditBenchmark(Benchmark):
+    """SynthEdit test samples generated on the fly (default: the held-out split).
+
+    Args:
+        num: number of samples.
+        size / frames / seed: SynthEdit generator settings.
+        split: ``"heldout"`` (colour-shape combinations never seen in training) or ``"test"``.
+        fps: frame rate stored with the clips.
+    """
+
+    name = "synthedit"
+    has_target = True
+    has_mask = True
+
+    def __init__(
+        self,
+        num: int = 64,
+        size: tuple[int, int] = (32, 32),
+        frames: int = 9,
+        seed: int = 0,
+        split: str = "heldout",
+        fps: float = 8.0,
+    ) -> None:
+        from datamodules.synthedit import SynthEditGenerator
+
+        self.num = int(num)
+        self.fps = float(fps)
+        self.settings = {"size": list(size), "frames": frames, "seed": seed, "split": split}
+        self.generator = SynthEditGenerator(size=tuple(size), frames=frames, seed=seed, split=split)
+        self.name = f"synthedit-{split}"
+
+    def __len__(self) -> int:
+        return self.num
+
+    def item(self, index: int) -> BenchmarkItem:
+        if not 0 <= index < self.num:
+            raise IndexError(index)
+        s = self.generator.sample(index)
+        return BenchmarkItem(
+            id=s.id,
+            instruction=s.instruction,
+            source=s.source,
+            fps=self.fps,
+            category=s.category,
+            target=s.target,
+            mask=s.mask,
+            caption=s.target_caption,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), **self.settings}
+
+
+def _read_mask(path: Path) -> Tensor:
+    if path.suffix == ".npz":
+        with np.load(path) as data:
+            if "mask" not in data:
+                raise ValueError(f"{path}: no array named 'mask' in this .npz")
+            return torch.from_numpy(data["mask"].astype(bool))
+    frames, _ = read_video(path)
+    return frames.amax(dim=-1) > 0
+
+
+class ManifestBenchmark(Benchmark):
+    """A JSONL manifest in the paired-edit format; ground truth optional.
+
+    Each line: ``{"id", "source", "instruction"}`` plus optional ``target``, ``mask`` (.npz
+    with a bool ``mask`` array, or a video where non-zero = edited), ``category``,
+    ``target_caption``. Paths are relative to the manifest. Errors name the file and line.
+    """
+
+    def __init__(self, manifest: str, max_samples: int | None = None) -> None:
+        self.path = Path(manifest)
+        if not self.path.exists():
+            raise FileNotFoundError(f"benchmark manifest {self.path} does not exist")
+        self.entries = self._parse()
+        if max_samples is not None:
+            self.entries = self.entries[:max_samples]
+        self.name = self.path.stem
+        self.has_target = bool(self.entries) and all("target" in e for e in self.entries)
+        self.has_mask = bool(self.entries) and all("mask" in e for e in self.entries)
+
+    def _parse(self) -> list[dict[str, Any]]:
+        entries, seen = [], set()
+        for number, line in enumerate(self.path.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            where = f"{self.path}:{number}"
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(
+                    f"{where}: invalid JSON ({err.msg}); one object per line"
+                ) from None
+            for key in ("id", "source", "instruction"):
+                if key not in entry:
+                    raise ValueError(f"{where}: missing field {key!r}")
+            entry["id"] = str(entry["id"])
+            if entry["id"] in seen:
+                raise ValueError(f"{where}: duplicate id {entry['id']!r}; ids must be unique")
+            seen.add(entry["id"])
+            entries.append(entry)
+        return entries
+
+    def _resolve(self, value: str) -> Path:
+        path = Path(value)
+        return path if path.is_absolute() else self.path.parent / path
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def item(self, index: int) -> BenchmarkItem:
+        entry = self.entries[index]
+        source_path = self._resolve(entry["source"])
+        source, fps = read_video(source_path)
+        target = mask = None
+        if "target" in entry:
+            target, _ = read_video(self._resolve(entry["target"]))
+        if "mask" in entry:
+            mask = _read_mask(self._resolve(entry["mask"]))
+        return BenchmarkItem(
+            id=entry["id"],
+            instruction=entry["instruction"],
+            source=source,
+            fps=fps,
+            category=entry.get("category", "all"),
+            target=target,
+            mask=mask,
+            caption=entry.get("target_caption"),
+            source_path=str(source_path),
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "manifest": str(self.path)}
+
+
+_TAG = re.compile(r"<video\d+>")
+
+
+class EditVerseBench(Benchmark):
+    """EditVerseBench's ``test.json``: ``{id: {"<text>", "<video1>", "type", ...}}``.
+
+    ``<text>`` is the instruction with ``<video1>`` tags (removed here), ``<video1>`` the
+    source path (relative to the json file), ``type`` the edit category, ``target_prompt`` the
+    caption used for CLIP text alignment; ``direction`` and ``source_prompt`` are kept in
+    ``extra``. There is no ground truth.
+    """
+
+    def __init__(self, path: str, max_samples: int | None = None) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(f"EditVerseBench file {self.path} does not exist")
+        try:
+            data = json.loads(self.path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{self.path}: invalid JSON ({err.msg})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{self.path}: expected an object keyed by sample id")
+        self.entries = []
+        for key, entry in data.items():
+            for name in ("<text>", "<video1>"):
+                if name not in entry:
+                    raise ValueError(f"{self.path}: entry {key!r} has no {name!r} field")
+            self.entries.append((str(key), entry))
+        if max_samples is not None:
+            self.entries = self.entries[:max_samples]
+        self.name = "editversebench"
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def item(self, index: int) -> BenchmarkItem:
+        key, entry = self.entries[index]
+        source_path = Path(entry["<video1>"])
+        if not source_path.is_absolute():
+            source_path = self.path.parent / source_path
+        source, fps = read_video(source_path)
+        instruction = " ".join(_TAG.sub(" ", entry["<text>"]).split())
+        return BenchmarkItem(
+            id=key,
+            instruction=instruction,
+            source=source,
+            fps=fps,
+            category=str(entry.get("type", "all")),
+            caption=entry.get("target_prompt"),
+            source_path=str(source_path),
+            extra={k: entry[k] for k in ("direction", "source_prompt") if k in entry},
+        )
+
+
+class _Shard(Dataset):
+    def __init__(self, benchmark: Benchmark, indices: list[int]) -> None:
+        self.benchmark, self.indices = benchmark, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> BenchmarkItem:
+        return self.benchmark.item(self.indices[i])
+
+
+class BenchmarkDataModule(L.LightningDataModule):
+    """Serves a :class:`Benchmark` to ``sama test``: one :class:`BenchmarkItem` per step.
+
+    Under DDP rank ``r`` of ``w`` gets items ``r, r + w, ...`` (no padding, so no sample is
+    scored twice). Only ``test_dataloader`` is defined.
+    """
+
+    def __init__(self, benchmark: Benchmark, num_workers: int = 0) -> None:
+        super().__init__()
+        self.benchmark = benchmark
+        self.num_workers = num_workers
+
+    def test_dataloader(self) -> DataLoader:
+        rank, world = 0, 1
+        if self.trainer is not None:
+            rank, world = self.trainer.global_rank, self.trainer.world_size
+        indices = list(range(rank, len(self.benchmark), world))
+        return DataLoader(
+            _Shard(self.benchmark, indices),
+            batch_size=None,
+            num_workers=self.num_workers,
+            collate_fn=lambda item: item,
+        )

@@ -1,0 +1,276 @@
+"""Benchmark scoring shared by ``sama test`` and ``sama benchmark score``.
+
+:class:`BenchmarkScorer` scores edits one sample at a time, appends each finished record to
+``results.partial.jsonl`` (so an interrupted run resumes without redoing samples), scores the
+identity baseline (source returned unchanged) and, where ground truth exists, the oracle
+(target returned), and at the end writes ``results.json`` and a self-contained
+``report.html``. Layouts: videos uint8 ``(T, H, W, 3)``; masks bool ``(T, H, W)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from datamodules.benchmarks import Benchmark, BenchmarkItem, EditVerseBench, ManifestBenchmark
+from sama.io import VideoReadError, read_video, to_model_video
+from sama.metrics import build_metrics
+from sama.report import ResultsLog, frame_strip, write_png, write_report, write_results
+
+__all__ = ["BenchmarkScorer", "align_prediction", "score_predictions", "benchmark_main"]
+
+log = logging.getLogger(__name__)
+
+
+def align_prediction(edit: Tensor, source: Tensor) -> tuple[Tensor, Tensor, list[str]]:
+    """Make ``edit`` comparable with ``source`` (both uint8 ``(T, H, W, 3)``).
+
+    The edit is resized (bicubic, antialiased) to the source's size and both are trimmed to
+    the shorter length. Returns ``(edit, source, notes)`` with a note for each change.
+    """
+    notes = []
+    if edit.shape[1:3] != source.shape[1:3]:
+        notes.append(
+            f"resized {edit.shape[2]}x{edit.shape[1]} -> {source.shape[2]}x{source.shape[1]}"
+        )
+        frames = edit.permute(0, 3, 1, 2).float()
+        frames = F.interpolate(
+            frames, size=tuple(source.shape[1:3]), mode="bicubic", antialias=True
+        )
+        edit = frames.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+    if edit.shape[0] != source.shape[0]:
+        n = min(edit.shape[0], source.shape[0])
+        notes.append(f"trimmed to {n} frames (edit {edit.shape[0]}, source {source.shape[0]})")
+        edit, source = edit[:n], source[:n]
+    return edit, source, notes
+
+
+class BenchmarkScorer:
+    """Score edits of one benchmark into ``out_dir``.
+
+    Args:
+        out_dir: receives ``results.partial.jsonl``, ``thumbs/``, ``results.json``,
+            ``report.html``.
+        has_target / has_mask: what ground truth the benchmark has (decides the metrics).
+        clip_path / dino_path: optional local model dirs for CLIP / DINO metrics.
+        judge: optional :class:`sama.judge.VLMJudge`.
+        config / checkpoint_hash: stored in ``results.json``.
+    """
+
+    def __init__(
+        self,
+        out_dir: str | Path,
+        *,
+        has_target: bool,
+        has_mask: bool,
+        clip_path: str | None = None,
+        dino_path: str | None = None,
+        judge: Any = None,
+        config: dict[str, Any] | None = None,
+        checkpoint_hash: str | None = None,
+    ) -> None:
+        self.out_dir = Path(out_dir)
+        self.thumbs = self.out_dir / "thumbs"
+        self.thumbs.mkdir(parents=True, exist_ok=True)
+        self.metrics, notices = build_metrics(
+            clip_path, dino_path, has_target=has_target, has_mask=has_mask
+        )
+        self.notices = list(notices)
+        if judge is None:
+            self.notices.append("VLM judge skipped: no --judge-url given")
+        self.judge = judge
+        self.config = dict(config or {})
+        self.checkpoint_hash = checkpoint_hash
+        self.log = ResultsLog(self.out_dir)
+        self._done = {(str(r["id"]), r.get("system") or "model") for r in self.log.records()}
+
+    def done(self, sample_id: str, system: str = "model") -> bool:
+        return (sample_id, system) in self._done
+
+    def note(self, message: str) -> None:
+        if message not in self.notices:
+            self.notices.append(message)
+
+    def _scores(self, item: BenchmarkItem, edit: Tensor, source: Tensor) -> dict[str, float]:
+        n = edit.shape[0]
+        as_model = lambda v: to_model_video(v[:n]).unsqueeze(0)  # noqa: E731
+        target = as_model(item.target) if item.target is not None else None
+        mask = None
+        if item.mask is not None:
+            mask = item.mask[:n].unsqueeze(0).unsqueeze(0).float()
+        edit_m, source_m = as_model(edit), as_model(source)
+        scores = {}
+        for name, metric in self.metrics.items():
+            value = metric.score(
+                edit_m,
+                source=source_m,
+                target=target,
+                mask=mask,
+                texts=[item.caption or item.instruction],
+            )
+            scores[name] = float(value[0])
+        if self.judge is not None:
+            from sama.judge import JudgeError
+
+            try:
+                scores.update(self.judge.judge(source, edit, item.instruction).as_metrics())
+            except JudgeError as err:
+                self.note(f"judge failed on {item.id}: {err}")
+        return scores
+
+    def _thumb(self, item_id: str, role: str, video: Tensor) -> str:
+        path = self.thumbs / f"{item_id}_{role}.png"
+        if not path.exists():
+            write_png(path, frame_strip(video.numpy()))
+        return str(path)
+
+    def add(self, item: BenchmarkItem, edit: Tensor, system: str = "model") -> dict[str, Any]:
+        """Score one edit (uint8 ``(T, H, W, 3)``) of ``item`` and log the record."""
+        edit, source, notes = align_prediction(edit, item.source)
+        for note in notes:
+            self.note(f"{system}: predictions were {note.split(' ')[0]} to match the sources")
+        record = {
+            "id": item.id,
+            "category": item.category,
+            "system": system,
+            "instruction": item.instruction,
+            "metrics": self._scores(item, edit, source),
+            "paths": {"source": item.source_path},
+        }
+        self._thumb(item.id, "source", source)
+        if system == "model":
+            self._thumb(item.id, "edit", edit)
+        if item.target is not None:
+            self._thumb(item.id, "target", item.target)
+        self.log.append(record)
+        self._done.add((item.id, system))
+        return record
+
+    def add_baselines(self, item: BenchmarkItem) -> None:
+        """Score the identity baseline and, with ground truth, the oracle (once per sample)."""
+        if not self.done(item.id, "identity"):
+            self.add(item, item.source, "identity")
+        if item.target is not None and not self.done(item.id, "oracle"):
+            self.add(item, item.target, "oracle")
+
+    def finish(self) -> tuple[Path, Path]:
+        """Write ``results.json`` and ``report.html`` from every logged record."""
+        records = self.log.records()
+        results = write_results(
+            self.out_dir,
+            records,
+            config=self.config,
+            checkpoint_hash=self.checkpoint_hash,
+            notices=self.notices,
+        )
+        thumbnails: dict[str, dict[str, str]] = {}
+        for record in records:
+            roles = {}
+            for role in ("source", "edit", "target"):
+                path = self.thumbs / f"{record['id']}_{role}.png"
+                if path.exists():
+                    roles[role] = str(path)
+            thumbnails[str(record["id"])] = roles
+        report = write_report(self.out_dir, results, thumbnails=thumbnails)
+        return results, report
+
+
+def score_predictions(
+    benchmark: Benchmark,
+    predictions: str | Path,
+    output: str | Path,
+    **scorer_kwargs: Any,
+) -> tuple[Path, Path]:
+    """Score another editor's outputs ``predictions/<id>.mp4`` on ``benchmark``."""
+    predictions = Path(predictions)
+    if not predictions.is_dir():
+        raise FileNotFoundError(f"predictions folder {predictions} does not exist")
+    config = {**scorer_kwargs.pop("config", {}), **benchmark.describe()}
+    config["predictions"] = str(predictions)
+    scorer = BenchmarkScorer(
+        output,
+        has_target=benchmark.has_target,
+        has_mask=benchmark.has_mask,
+        config=config,
+        **scorer_kwargs,
+    )
+    missing = []
+    from tqdm.auto import tqdm
+
+    for index in tqdm(range(len(benchmark)), desc="scoring"):
+        item = benchmark.item(index)
+        scorer.add_baselines(item)
+        if scorer.done(item.id):
+            continue
+        path = predictions / f"{item.id}.mp4"
+        if not path.exists():
+            missing.append(item.id)
+            continue
+        try:
+            edit, _ = read_video(path)
+        except VideoReadError as err:
+            scorer.note(f"prediction for {item.id} unreadable: {err.reason}")
+            continue
+        scorer.add(item, edit)
+    if missing:
+        shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
+        scorer.note(f"{len(missing)} prediction(s) missing from {predictions}: {shown}")
+    return scorer.finish()
+
+
+def _load_benchmark(args: argparse.Namespace) -> Benchmark:
+    if args.format == "editverse":
+        return EditVerseBench(args.manifest, max_samples=args.max_samples)
+    return ManifestBenchmark(args.manifest, max_samples=args.max_samples)
+
+
+def benchmark_main(argv: list[str] | None = None) -> int:
+    """``sama benchmark score``: score another editor's outputs (see docs/evaluation.md)."""
+    parser = argparse.ArgumentParser(prog="sama benchmark", description=benchmark_main.__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    score = sub.add_parser("score", help="score DIR/<id>.mp4 predictions against a manifest")
+    score.add_argument("--manifest", required=True, help="JSONL manifest (or EditVerseBench json)")
+    score.add_argument("--format", choices=("manifest", "editverse"), default="manifest")
+    score.add_argument("--predictions", required=True, help="folder holding <id>.mp4 edits")
+    score.add_argument("--output", required=True, help="folder for results.json / report.html")
+    score.add_argument("--max-samples", type=int, default=None)
+    score.add_argument("--clip-path", default=None, help="local CLIP model dir (optional)")
+    score.add_argument("--dino-path", default=None, help="local DINO model dir (optional)")
+    score.add_argument("--judge-url", default=None, help="OpenAI-compatible base URL (optional)")
+    score.add_argument("--judge-model", default=None)
+    score.add_argument("--judge-key-env", default="OPENAI_API_KEY")
+    args = parser.parse_args(argv)
+    judge = None
+    if args.judge_url:
+        if not args.judge_model:
+            parser.error("--judge-url needs --judge-model")
+        from sama.judge import VLMJudge
+
+        judge = VLMJudge(
+            args.judge_url,
+            args.judge_model,
+            api_key_env=args.judge_key_env,
+            cache_dir=Path(args.output) / "judge_cache",
+        )
+    try:
+        benchmark = _load_benchmark(args)
+        results, report = score_predictions(
+            benchmark,
+            args.predictions,
+            args.output,
+            clip_path=args.clip_path,
+            dino_path=args.dino_path,
+            judge=judge,
+        )
+    except (FileNotFoundError, ValueError, VideoReadError) as err:
+        print(f"sama benchmark: error: {err}", file=sys.stderr)
+        return 2
+    print(f"results: {results}\nreport:  {report}")
+    return 0
