@@ -34,7 +34,14 @@ from sama.flow import COND_FULL, COND_NO_SOURCE, FlowSampler
 from sama.io import from_model_video, read_video, to_model_video, write_video
 from sama.model import SamaTransformer
 
-__all__ = ["EditPipeline", "EditResult", "PROMPT_PREFIX", "NEGATIVE_PROMPT", "bucket_shape"]
+__all__ = [
+    "EditPipeline",
+    "EditResult",
+    "PROMPT_PREFIX",
+    "NEGATIVE_PROMPT",
+    "bucket_shape",
+    "edit_main",
+]
 
 PROMPT_PREFIX = "[Video edit] "
 NEGATIVE_PROMPT = "[Video edit]"
@@ -337,3 +344,66 @@ def _instantiate(spec: dict) -> Any:
     module_name, _, class_name = spec["class_path"].rpartition(".")
     cls = getattr(importlib.import_module(module_name), class_name)
     return cls(**spec.get("init_args", {}))
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--size {text!r}: use HxW, e.g. 480x832") from None
+    return h, w
+
+
+def edit_main(argv: list[str] | None = None) -> int:
+    """``sama edit``: edit one video with a trained checkpoint."""
+    import argparse
+    import sys
+
+    from sama.io import VideoReadError
+
+    parser = argparse.ArgumentParser(prog="sama edit", description=edit_main.__doc__)
+    parser.add_argument("--checkpoint", required=True, help="Lightning .ckpt or exported dir")
+    parser.add_argument("--video", required=True, help="source video (or image)")
+    parser.add_argument("--instruction", required=True, help='e.g. "make the red circle blue"')
+    parser.add_argument("--output", required=True, help="output .mp4")
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--guidance", type=float, default=5.0, help="text guidance scale")
+    parser.add_argument("--source-guidance", type=float, default=None)
+    parser.add_argument("--shift", type=float, default=5.0)
+    parser.add_argument("--negative-prompt", default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--frames", type=int, default=None, help="cap on frames processed")
+    parser.add_argument("--size", default=None, help="processing size HxW (default: source's)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: auto)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    args = parser.parse_args(argv)
+    output = Path(args.output)
+    try:
+        if output.exists() and not args.overwrite:
+            raise FileExistsError(f"{output} exists; pass --overwrite to replace it")
+        if output.suffix.lower() != ".mp4":
+            raise ValueError(f"--output {output}: the output must be an .mp4 file")
+        frames, fps = read_video(args.video)
+        size = _size(args.size) if args.size else None
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        pipe = EditPipeline.from_checkpoint(args.checkpoint, device=device)
+        result = pipe(
+            frames,
+            args.instruction,
+            fps=fps,
+            steps=args.steps,
+            guidance=args.guidance,
+            source_guidance=args.source_guidance,
+            shift=args.shift,
+            negative_prompt=args.negative_prompt,
+            seed=args.seed,
+            frames=args.frames,
+            size=size,
+        )
+        write_video(output, result.video, result.fps)
+    except (FileNotFoundError, FileExistsError, ValueError, VideoReadError) as err:
+        print(f"sama edit: error: {err}", file=sys.stderr)
+        return 2
+    t, h, w, _ = result.video.shape
+    print(f"wrote {output} ({t} frames, {w}x{h}, {result.fps:g} fps)")
+    return 0

@@ -87,3 +87,41 @@ def test_edit_manifest_skips_finished_outputs(tmp_path) -> None:
         on_result=lambda e, r: calls.append(e["id"]),
     )
     assert calls == ["a", "b"]
+
+
+def test_edit_cli_refuses_existing_output_and_bad_input(tmp_path, capsys) -> None:
+    from sama.pipeline import edit_main
+
+    out = tmp_path / "out.mp4"
+    out.write_bytes(b"keep me")
+    code = edit_main(
+        [
+            "--checkpoint",
+            str(tmp_path),
+            "--video",
+            "x.mp4",
+            "--instruction",
+            "y",
+            "--output",
+            str(out),
+        ]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "--overwrite" in err and "\n" not in err
+    assert out.read_bytes() == b"keep me"
+    (tmp_path / "bad.mp4").write_text("not a video")
+    code = edit_main(
+        [
+            "--checkpoint",
+            str(tmp_path),
+            "--video",
+            str(tmp_path / "bad.mp4"),
+            "--instruction",
+            "y",
+            "--output",
+            str(tmp_path / "new.mp4"),
+        ]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "bad.mp4" in err and "\n" not in err
+    assert not (tmp_path / "new.mp4").exists()
