@@ -69,7 +69,7 @@ class TaskSampler:
     def task_at(self, index: int) -> str:
         """Name of the task that owns micro-batch ``index`` (0-based, counted over the run)."""
         u = _uniform(self.seed, int(index))
-        for name, edge in zip(self.names, self._cumulative):
+        for name, edge in zip(self.names, self._cumulative, strict=True):
             if u < edge and self.weights[name] > 0:
                 return name
         return next(n for n in reversed(self.names) if self.weights[n] > 0)

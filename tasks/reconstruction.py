@@ -1,0 +1,54 @@
+"""Reconstruction: the paper's "no-pretext" share of the clip stream."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import torch
+
+from tasks.base import EditSample, Task, register_task, require
+
+__all__ = ["Reconstruction"]
+
+
+@register_task
+class Reconstruction(Task):
+    """Clips without a pretext corruption; the instruction is the caption alone.
+
+    Args:
+        weight: sampling weight (default 1, the paper's 1:2:3:4 mix).
+        mode: ``"generation"`` (default): no source tokens, text-to-video on the caption. This
+            keeps the backbone's text-to-video prior, which is what the paper's clip stream
+            trains when no pretext applies. ``"identity"``: the source is the clip itself, a
+            copy task that teaches the model to preserve an unchanged source.
+    """
+
+    name = "reconstruction"
+    stream = "clips"
+    default_weight = 1.0
+    instruction_token = ""
+    description = "no pretext: text-to-video on the caption (or copy the source, mode=identity)"
+    corrupts_source = False
+
+    def __init__(
+        self,
+        weight: float | None = None,
+        mode: Literal["generation", "identity"] = "generation",
+    ) -> None:
+        super().__init__(weight)
+        if mode not in ("generation", "identity"):
+            raise ValueError(
+                f"task {self.name!r}: mode must be 'generation' or 'identity', got {mode!r}"
+            )
+        self.mode = mode
+
+    def prepare(self, batch: Mapping[str, Any], generator: torch.Generator) -> EditSample:
+        require(batch, ("video", "caption"), self.name)
+        video = batch["video"]
+        return EditSample(
+            source=video if self.mode == "identity" else None,
+            target=video,
+            instructions=[caption.strip() for caption in batch["caption"]],
+            anchors=self.anchors(video),
+        )
