@@ -43,7 +43,7 @@ __all__ = ["IMAGE_SUFFIXES", "EditPair", "EditPairs", "ManifestError"]
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
 
 # Mask pixels at or above this level (any channel, 0..255) count as edited; lower values are
-# black or compression noise around black.
+# black or compression noise around black. A mask whose values are all 0 or 1 uses 1 instead.
 _MASK_LEVEL = 128
 
 
@@ -81,7 +81,7 @@ class EditPairs(Dataset):
         seed: seed of the random choices; item ``i`` is a pure function of ``(seed, i)``.
 
     Masks: ``.npz`` holding a boolean ``(T, H, W)`` (or ``(1, H, W)``, broadcast over time)
-    array under key ``mask``, or a video / image where white (>= 128 in any channel) marks
+    array under key ``mask``, or a video / image where white (>= 128 in any channel; 1 for a 0/1 mask) marks
     edited pixels. Resized with nearest neighbour.
 
     Items: ``{"source": (3, T, H, W), "target": (3, T, H, W) (when present), "mask":
@@ -231,7 +231,9 @@ class EditPairs(Dataset):
                 start=0 if still else start,
                 stride=stride,
             )
-            edited = (video >= _MASK_LEVEL).any(dim=-1)
+            # a 0/1 mask (max value 1) marks edits with 1; otherwise white (>= 128) does
+            level = 1 if int(video.max()) <= 1 else _MASK_LEVEL
+            edited = (video >= level).any(dim=-1)
             start, stride = 0, 1
         if edited.shape[0] == 1:
             edited = edited.expand(frames, -1, -1)

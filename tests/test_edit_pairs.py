@@ -127,3 +127,15 @@ def test_image_and_video_cannot_be_mixed_in_a_pair(pair_dir: Path) -> None:
     )
     with pytest.raises(ManifestError, match="mixed.jsonl:1: source and target must both"):
         EditPairs([str(pair_dir / "mixed.jsonl")])
+
+
+def test_zero_one_image_mask_marks_ones_as_edited(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    for name in ("s.png", "t.png"):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(tmp_path / name)
+    mask = np.zeros((16, 16), np.uint8)
+    mask[4:8] = 1
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    (tmp_path / "m.csv").write_text("source,target,instruction,mask\ns.png,t.png,x,m.png\n")
+    item = EditPairs([str(tmp_path / "m.csv")], size=(16, 16), split="val")[0]
+    assert item["mask"][0, 0, 4:8].min() == 1 and item["mask"].sum() == 4 * 16
