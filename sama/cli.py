@@ -1,0 +1,99 @@
+"""The ``sama`` command: LightningCLI (fit / validate / test / predict) plus extra subcommands.
+
+``sama fit --config configs/tiny/pretrain.yaml`` trains; ``sama tasks`` lists the registered
+tasks. Other areas add subcommands to :data:`EXTRA_COMMANDS` (``name -> (function, help)``; the
+function takes the remaining argv and returns an exit code); they are dispatched before
+LightningCLI parses anything and are listed by ``sama --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable
+
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.cli import LightningCLI
+
+import tasks  # noqa: F401  (built-in task classes: short class names resolve in YAML)
+from sama.module import SamaModule
+from tasks.base import available_tasks
+
+__all__ = ["SamaCLI", "EXTRA_COMMANDS", "main", "tasks_main"]
+
+Command = Callable[[list[str]], int]
+
+
+class SamaCLI(LightningCLI):
+    """LightningCLI with :class:`~sama.module.SamaModule` and any ``LightningDataModule``
+    (``data.class_path: datamodules.streams.SamaDataModule``)."""
+
+    def __init__(self, args: list[str] | None = None, **kwargs: object) -> None:
+        available_tasks()  # import third-party tasks (entry points) so YAML can name them
+        importlib.import_module("datamodules")
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("parser_kwargs", {"epilog": _extra_help()})
+        super().__init__(
+            SamaModule,
+            LightningDataModule,
+            subclass_mode_data=True,
+            auto_configure_optimizers=False,
+            args=args,
+            **kwargs,
+        )
+
+
+def tasks_main(argv: list[str]) -> int:
+    """``sama tasks``: print the registered tasks (name, stream, weight, origin, description)."""
+    parser = argparse.ArgumentParser(prog="sama tasks", description=tasks_main.__doc__)
+    parser.parse_args(argv)
+    rows = [("name", "stream", "weight", "origin", "description")]
+    for name, info in available_tasks().items():
+        cls = info.cls
+        rows.append((name, cls.stream, f"{cls.default_weight:g}", info.origin, cls.description))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
+            + "  "
+            + row[4]
+        )
+    return 0
+
+
+def _lazy(module: str, function: str) -> Command:
+    """A command that imports ``module.function`` only when it runs."""
+
+    def run(argv: list[str]) -> int:
+        return int(getattr(importlib.import_module(module), function)(argv) or 0)
+
+    run.__name__ = function
+    return run
+
+
+#: Extra subcommands: ``name -> (function(argv) -> exit code, one-line help)``.
+EXTRA_COMMANDS: dict[str, tuple[Command, str]] = {
+    "tasks": (tasks_main, "List the registered training tasks (built-in and plugins)."),
+    "synth": (
+        _lazy("datamodules.synthedit", "synth_main"),
+        "Generate the SynthEdit synthetic edit dataset.",
+    ),
+}
+
+
+def _extra_help() -> str:
+    lines = ["more subcommands:"]
+    width = max(len(name) for name in EXTRA_COMMANDS)
+    for name, (_, help_text) in EXTRA_COMMANDS.items():
+        lines.append(f"  {name.ljust(width)}  {help_text}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``sama`` and ``python -m sama``; returns the exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in EXTRA_COMMANDS:
+        return EXTRA_COMMANDS[args[0]][0](args[1:])
+    SamaCLI(args=args)
+    return 0

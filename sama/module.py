@@ -1,0 +1,622 @@
+"""SamaModule: the LightningModule that trains SAMA on a weighted mix of tasks.
+
+One training step (``docs/architecture.md``): the batch names its task; the task prepares an
+:class:`~tasks.base.EditSample` (pretext corruptions run here, on the device); the frozen codec,
+text encoder and semantic encoder encode it; one flow time ``t`` per sample noises the target
+latents and the anchor semantic tokens alike; :class:`~sama.model.SamaTransformer` predicts both
+velocities and the loss is::
+
+    L = masked_mse(v, x1 - x0, latent loss mask) + semantic_weight * |v_sem - (s1 - s0)|_1
+
+The frozen encoders are plain attributes, not registered submodules: they never enter the
+Lightning checkpoint, the optimizer or an EMA copy (``EMAWeightAveraging`` deep-copies the
+module; the encoders are shared by reference, not copied).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+import struct
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from sama.encoders import SemanticEncoder, TextEncoder, VideoCodec
+from sama.flow import (
+    COND_FULL,
+    COND_NO_SOURCE,
+    FlowSampler,
+    add_noise,
+    masked_mse,
+    sample_timesteps,
+    to_wan_timestep,
+    velocity_target,
+)
+from sama.model import SamaTransformer
+from tasks.base import EditSample, Task, _import_object
+from tasks.sampler import TaskSampler
+
+__all__ = [
+    "SamaModule",
+    "Encoded",
+    "Encoders",
+    "ENCODERS_FILE",
+    "load_encoders",
+    "latent_loss_mask",
+]
+
+ENCODERS_FILE = "encoders.json"
+_ENCODER_KEYS = ("codec", "text_encoder", "semantic_encoder")
+_OBJECT_KEYS = (*_ENCODER_KEYS, "tasks")
+#: Negative prompt of the released inference code.
+NEGATIVE_PROMPT = "[Video edit]"
+
+
+class Encoders(NamedTuple):
+    """The frozen encoders a pipeline needs next to the transformer."""
+
+    codec: VideoCodec
+    text: TextEncoder
+    semantic: SemanticEncoder
+
+
+class Encoded(NamedTuple):
+    """A sample after the frozen encoders (all on the module's device).
+
+    target ``(B, c, t, h, w)`` clean latents; source ``(B, c, ts, h, w)`` or None; text
+    ``(B, L, D_text)`` and text_mask ``(B, L)``; semantic ``(B, N*65, D_sem)`` or None (no
+    semantic loss); loss_mask ``(B, 1, t, h, w)`` on the latent grid or None.
+    """
+
+    target: Tensor
+    source: Tensor | None
+    text: Tensor
+    text_mask: Tensor
+    semantic: Tensor | None
+    loss_mask: Tensor | None
+
+
+class _Shared:
+    """Holds objects that a ``deepcopy`` of the module must share, not copy (frozen encoders)."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __deepcopy__(self, memo: dict) -> _Shared:
+        return self
+
+
+def _seed_of(*parts: int) -> int:
+    """A 63-bit seed derived from integers alone (platform independent)."""
+    digest = hashlib.blake2b(struct.pack(f"<{len(parts)}q", *parts), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def latent_loss_mask(mask: Tensor, codec: VideoCodec) -> Tensor:
+    """Pixel loss mask ``(B, 1, T, H, W)`` -> the codec's latent grid ``(B, 1, t, h, w)``.
+
+    Frames are grouped as the codec groups them (the first frame alone, then groups of
+    ``temporal_factor``) and each latent position gets the mean of its pixels' weights.
+    """
+    tf, sf = codec.temporal_factor, codec.spatial_factor
+    first = mask[:, :, :1].expand(-1, -1, tf, -1, -1)
+    grouped = torch.cat([first, mask[:, :, 1:]], dim=2).float()
+    return F.avg_pool3d(grouped, kernel_size=(tf, sf, sf), stride=(tf, sf, sf))
+
+
+def describe(obj: Any, spec: Any = None) -> dict[str, Any]:
+    """``{"class_path", "init_args"}`` that rebuilds ``obj``.
+
+    ``spec`` (the parsed config a CLI run saved, already in that form) wins; otherwise the init
+    arguments are read back from attributes of the same names. Raises when any init argument
+    is not such an attribute (e.g. ``WanVAECodec(path=...)``): a guessed default would rebuild
+    a different encoder.
+    """
+    if isinstance(spec, Mapping) and "class_path" in spec:
+        return {"class_path": spec["class_path"], "init_args": dict(spec.get("init_args", {}))}
+    cls = type(obj)
+    init_args: dict[str, Any] = {}
+    for name, param in inspect.signature(cls.__init__).parameters.items():
+        if name == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        if not hasattr(obj, name):
+            raise ValueError(
+                f"cannot describe {cls.__qualname__} for export: its init argument {name!r} is not "
+                "an attribute; build the module from a config (sama fit / SamaModule.from_config)"
+            )
+        init_args[name] = getattr(obj, name)
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args}
+
+
+def load_encoders(export_dir: str | os.PathLike[str]) -> Encoders:
+    """Rebuild the frozen encoders from the ``encoders.json`` written by :meth:`SamaModule.export`."""
+    path = Path(export_dir) / ENCODERS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: no encoder description; export the model with SamaModule.export"
+        )
+    specs = json.loads(path.read_text())
+    built = []
+    for key in _ENCODER_KEYS:
+        if key not in specs:
+            raise KeyError(f"{path}: field {key!r} is missing")
+        spec = specs[key]
+        built.append(_import_object(spec["class_path"])(**spec.get("init_args", {})))
+    return Encoders(*built)
+
+
+class SamaModule(pl.LightningModule):
+    """Trains :class:`~sama.model.SamaTransformer` on a weighted mix of :class:`~tasks.base.Task`.
+
+    Args:
+        model: ``SamaTransformer`` kwargs (``wan_config``, optionally ``semantic_hidden`` and
+            ``attention_backend``); ``semantic_dim`` comes from ``semantic_encoder.dim``.
+        pretrained: local directory for ``SamaTransformer.from_pretrained`` (a diffusers Wan
+            transformer or a SAMA export) instead of ``model``; ``model`` may still give
+            ``semantic_hidden`` / ``attention_backend``.
+        codec: frozen video codec (``latent_channels`` must equal Wan's in/out channels).
+        text_encoder: frozen text encoder (``dim`` must equal Wan's ``text_dim``).
+        semantic_encoder: frozen anchor-frame encoder; its ``dim`` sets the semantic width.
+        tasks: the task mix; each task's ``weight`` is its sampling weight.
+        seed: seed of the task sequence and of every random draw in a step.
+        semantic_weight: lambda of the semantic loss; 0 ablates semantic anchoring (the
+            semantic encoder is then never run and no semantic tokens enter the model).
+        anchor_frames: anchor frames per sample (set on every task).
+        timestep_distribution / timestep_shift: see ``sama.flow.sample_timesteps``.
+        init_from: weights to start from at ``fit``: a Lightning checkpoint (its ``model.*``
+            weights; EMA weights when the run used ``EMAWeightAveraging``) or an exported /
+            ``save_pretrained`` directory. Skipped when resuming with ``ckpt_path``.
+        gradient_checkpointing: recompute transformer blocks in backward.
+        val_timesteps: flow times ``t`` (1 = clean) at which validation measures the loss.
+        lr / weight_decay / warmup_steps: AdamW with a linear warm-up to ``lr``.
+        sample_steps / sample_shift / guidance_scale: the flow sampler of ``predict`` (the
+            released inference: 50 steps, shift 5, CFG 5 against the negative prompt
+            ``"[Video edit]"``).
+    """
+
+    def __init__(
+        self,
+        codec: VideoCodec,
+        text_encoder: TextEncoder,
+        semantic_encoder: SemanticEncoder,
+        tasks: list[Task],
+        model: dict[str, Any] | None = None,
+        pretrained: str | None = None,
+        seed: int = 0,
+        semantic_weight: float = 0.1,
+        anchor_frames: int = 1,
+        timestep_distribution: str = "logit_normal",
+        timestep_shift: float = 1.0,
+        init_from: str | None = None,
+        gradient_checkpointing: bool = False,
+        val_timesteps: list[float] | None = None,
+        lr: float = 2e-5,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        sample_steps: int = 50,
+        sample_shift: float = 5.0,
+        guidance_scale: float = 5.0,
+    ) -> None:
+        super().__init__()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
+            self.save_hyperparameters()
+        # Built from objects (not through the CLI / from_config): keep the plain settings only,
+        # never the encoders' weights; a loaded checkpoint restores the specs (on_load_checkpoint).
+        for key in _OBJECT_KEYS:
+            if not _is_spec(self.hparams.get(key)):
+                self.hparams.pop(key, None)
+
+        if semantic_weight < 0:
+            raise ValueError(f"SamaModule: semantic_weight must be >= 0, got {semantic_weight}")
+        if timestep_distribution not in ("logit_normal", "uniform"):
+            raise ValueError(
+                "SamaModule: timestep_distribution must be 'logit_normal' or 'uniform', got "
+                f"{timestep_distribution!r}"
+            )
+        if not tasks:
+            raise ValueError("SamaModule: tasks is empty; give at least one task")
+        names = [task.name for task in tasks]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"SamaModule: task(s) {duplicates} listed twice in tasks")
+
+        self._encoders = _Shared(Encoders(codec, text_encoder, semantic_encoder))
+        self._encoders_device: torch.device | None = None
+        self.tasks = list(tasks)
+        for task in self.tasks:
+            task.anchor_frames = anchor_frames
+        self.tasks_by_name: dict[str, Task] = {task.name: task for task in self.tasks}
+        self.task_sampler = TaskSampler(
+            {t.name: t.weight for t in self.tasks}, {t.name: t.stream for t in self.tasks}, seed
+        )
+        self.task_counts: dict[str, int] = dict.fromkeys(names, 0)
+
+        self.seed = seed
+        self.semantic_weight = semantic_weight
+        self.anchor_frames = anchor_frames
+        self.timestep_distribution = timestep_distribution
+        self.timestep_shift = timestep_shift
+        self.init_from = init_from
+        self.val_timesteps = [0.25, 0.5, 0.75] if val_timesteps is None else list(val_timesteps)
+        if not self.val_timesteps or not all(0.0 <= t <= 1.0 for t in self.val_timesteps):
+            raise ValueError(f"SamaModule: val_timesteps must be in [0, 1], got {val_timesteps}")
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.warmup_steps = warmup_steps
+        self.sampler = FlowSampler(sample_steps, sample_shift)
+        self.guidance_scale = guidance_scale
+
+        self.model = self._build_model(model, pretrained, semantic_encoder.dim)
+        self._check_sizes(codec, text_encoder)
+        if gradient_checkpointing:
+            self.model.enable_gradient_checkpointing()
+        if semantic_weight == 0:
+            # Ablation: no semantic tokens enter the model, so these get no gradient (and DDP
+            # would report them as unused).
+            self.model.siglip_feat_mlp.requires_grad_(False)
+            self.model.semantic_head.requires_grad_(False)
+
+    # ------------------------------------------------------------------------- building
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> SamaModule:
+        """Build from a config dict (the ``model`` section of a YAML: ``codec: {class_path,
+        init_args}``, ...). The config is kept as hyper-parameters, so checkpoints of this
+        module load with ``SamaModule.load_from_checkpoint(path)``."""
+        from jsonargparse import ArgumentParser
+        from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters_context
+
+        parser = ArgumentParser(exit_on_error=False)
+        parser.add_class_arguments(cls, "module", fail_untyped=False)
+        parsed = parser.parse_object({"module": dict(config)})
+        hparams = parser.dump(parsed, format="json")
+        with _given_hyperparameters_context(
+            hparams=json.loads(hparams)["module"],
+            instantiator="lightning.pytorch.cli.instantiate_module",
+        ):
+            return parser.instantiate(parsed).module
+
+    @staticmethod
+    def _build_model(
+        model: Mapping[str, Any] | None, pretrained: str | None, semantic_dim: int
+    ) -> SamaTransformer:
+        options = dict(model or {})
+        if pretrained is not None:
+            if "wan_config" in options:
+                raise ValueError(
+                    "SamaModule: give model.wan_config or pretrained, not both (pretrained "
+                    "brings its own Wan config)"
+                )
+            return SamaTransformer.from_pretrained(pretrained, semantic_dim=semantic_dim, **options)
+        if "wan_config" not in options:
+            raise ValueError(
+                "SamaModule: model.wan_config is required (WanTransformer3DModel kwargs) unless "
+                "pretrained points to a local model directory"
+            )
+        return SamaTransformer(options.pop("wan_config"), semantic_dim=semantic_dim, **options)
+
+    def _check_sizes(self, codec: VideoCodec, text_encoder: TextEncoder) -> None:
+        config = self.model.wan.config
+        channels = codec.latent_channels
+        if config.in_channels != channels or config.out_channels != channels:
+            raise ValueError(
+                f"SamaModule: model.wan_config in_channels={config.in_channels} / out_channels="
+                f"{config.out_channels} must equal codec.latent_channels={channels} "
+                f"({type(codec).__name__}); set both to {channels}"
+            )
+        if config.text_dim != text_encoder.dim:
+            raise ValueError(
+                f"SamaModule: model.wan_config text_dim={config.text_dim} must equal "
+                f"text_encoder.dim={text_encoder.dim} ({type(text_encoder).__name__})"
+            )
+
+    @property
+    def encoders(self) -> Encoders:
+        """``(codec, text, semantic)``: the frozen encoders (not part of the checkpoint)."""
+        return self._encoders.value
+
+    def _sync_encoders(self) -> Encoders:
+        """Move the frozen encoders to the module's device (once per device change)."""
+        if self._encoders_device != self.device:
+            for encoder in self.encoders:
+                if isinstance(encoder, torch.nn.Module):
+                    encoder.to(self.device)
+            self._encoders_device = self.device
+        return self.encoders
+
+    # ------------------------------------------------------------------------- lifecycle
+    def setup(self, stage: str) -> None:
+        if stage != "fit" or self.init_from is None:
+            return
+        if self._trainer is not None and self.trainer.ckpt_path is not None:
+            return  # resuming: the checkpoint has the weights
+        self.load_weights(self.init_from)
+
+    def load_weights(self, source: str | os.PathLike[str]) -> None:
+        """Load transformer weights from a Lightning checkpoint or an exported directory."""
+        path = Path(source)
+        if path.is_dir():
+            state = SamaTransformer.from_pretrained(path).state_dict()
+        elif path.is_file():
+            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+            if "state_dict" not in checkpoint:
+                raise ValueError(f"init_from {path}: not a Lightning checkpoint (no 'state_dict')")
+            state = {
+                key[len("model.") :]: value
+                for key, value in checkpoint["state_dict"].items()
+                if key.startswith("model.")
+            }
+        else:
+            raise FileNotFoundError(
+                f"init_from {path}: no such checkpoint file or export directory; train stage 0 "
+                "first or fix model.init_from"
+            )
+        try:
+            self.model.load_state_dict(state, strict=True)
+        except RuntimeError as error:
+            raise ValueError(
+                f"init_from {path}: weights do not fit this model (different wan_config or "
+                f"semantic encoder?): {error}"
+            ) from error
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store the task counts, and make the hyper-parameters self-contained: the resolved
+        ``wan_config`` replaces ``pretrained`` (``load_from_checkpoint`` never re-reads the
+        pretrained directory; the weights come from the checkpoint anyway)."""
+        checkpoint["sama_task_counts"] = dict(self.task_counts)
+        hparams = checkpoint.get("hyper_parameters")
+        if isinstance(hparams, dict) and hparams.get("pretrained") is not None:
+            model = dict(hparams.get("model") or {})
+            model["wan_config"] = self.model.wan_config
+            model["semantic_hidden"] = self.model.semantic_hidden
+            checkpoint["hyper_parameters"] = {**hparams, "model": model, "pretrained": None}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.task_counts.update(checkpoint.get("sama_task_counts", {}))
+        saved = checkpoint.get("hyper_parameters", {})
+        for key in _OBJECT_KEYS:
+            if key not in self.hparams and _is_spec(saved.get(key)):
+                self.hparams[key] = saved[key]
+
+    # ------------------------------------------------------------------------- steps
+    def _step_generator(self, *parts: int) -> torch.Generator:
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(_seed_of(self.seed, *parts))
+        return generator
+
+    def encode(self, sample: EditSample) -> Encoded:
+        """Run the frozen encoders on ``sample`` (no grad); the semantic encoder only when
+        ``semantic_weight > 0``."""
+        codec, text_encoder, semantic_encoder = self._sync_encoders()
+        with torch.no_grad():
+            x1 = codec.encode(sample.target.to(self.device)).float()
+            source = None
+            if sample.source is not None:
+                source = codec.encode(sample.source.to(self.device)).float()
+            states, text_mask = text_encoder.encode(list(sample.instructions))
+            semantic = None
+            if self.semantic_weight > 0:
+                semantic = semantic_encoder.encode(sample.anchors.to(self.device)).float()
+            mask = None
+            if sample.loss_mask is not None:
+                mask = latent_loss_mask(sample.loss_mask.to(self.device), codec)
+        return Encoded(
+            x1, source, states.to(self.device), text_mask.to(self.device), semantic, mask
+        )
+
+    def flow_losses(
+        self, encoded: Encoded, generator: torch.Generator, t: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Flow-matching and semantic losses (scalars, float32) of encoded inputs.
+
+        ``t``: ``(B,)`` flow times (1 = clean), drawn with ``generator`` when ``None``; the noise
+        of the target latents and then of the semantic tokens comes from ``generator``, and both
+        are noised with the same ``t``.
+        """
+        x1, s1 = encoded.target, encoded.semantic
+        if t is None:
+            t = sample_timesteps(
+                x1.shape[0],
+                distribution=self.timestep_distribution,
+                shift=self.timestep_shift,
+                generator=generator,
+                device=self.device,
+            )
+        t = t.to(self.device, torch.float32)
+        x0 = torch.randn(x1.shape, generator=generator, device=self.device)
+        semantic_t, s0 = None, None
+        if s1 is not None:
+            s0 = torch.randn(s1.shape, generator=generator, device=self.device)
+            semantic_t = add_noise(s1, s0, t)
+        out = self.model(
+            add_noise(x1, x0, t),
+            to_wan_timestep(t),
+            encoded.text,
+            source_latents=encoded.source,
+            semantic_tokens=semantic_t,
+            text_mask=encoded.text_mask,
+        )
+        fm_loss = masked_mse(out.velocity, velocity_target(x1, x0), encoded.loss_mask)
+        if s1 is None:
+            return fm_loss, fm_loss.new_zeros(())
+        sem_loss = (out.semantic.float() - velocity_target(s1, s0)).abs().mean()
+        return fm_loss, sem_loss
+
+    def compute_losses(
+        self, sample: EditSample, generator: torch.Generator, t: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """:meth:`encode` then :meth:`flow_losses`: ``(fm_loss, sem_loss)`` of ``sample``."""
+        return self.flow_losses(self.encode(sample), generator, t)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        """One micro-batch. Randomness (corruption, timesteps, noise) comes from a generator
+        seeded by ``(seed, micro-batch index, rank)``: the datamodule's ``batch["index"]`` when
+        it sends one (stable under gradient accumulation and resume), else
+        ``(global_step, batch_idx)``."""
+        task = self._task_of(batch)
+        if "index" in batch:
+            generator = self._step_generator(int(batch["index"]), self.global_rank)
+        else:
+            generator = self._step_generator(self.global_step, batch_idx, self.global_rank)
+        sample = task.prepare(batch, generator)
+        fm_loss, sem_loss = self.compute_losses(sample, generator)
+        loss = fm_loss + self.semantic_weight * sem_loss
+        self.task_counts[task.name] += 1
+        size = sample.target.shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        self.log(f"train/{task.name}/fm_loss", fm_loss, batch_size=size)
+        self.log(f"train/{task.name}/sem_loss", sem_loss, batch_size=size)
+        self.log(f"train/{task.name}/count", float(self.task_counts[task.name]), batch_size=size)
+        return loss
+
+    def _evaluate(
+        self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int, stage: str
+    ) -> Tensor:
+        task = self._task_of(batch)
+        generator = self._step_generator(-1, dataloader_idx, batch_idx)
+        sample = task.prepare(batch, generator)
+        encoded = self.encode(sample)
+        size = sample.target.shape[0]
+        losses = [
+            self.flow_losses(encoded, generator, torch.full((size,), float(value)))
+            for value in self.val_timesteps
+        ]
+        fm_loss = torch.stack([fm for fm, _ in losses]).mean()
+        sem_loss = torch.stack([sem for _, sem in losses]).mean()
+        loss = fm_loss + self.semantic_weight * sem_loss
+        options = {"batch_size": size, "add_dataloader_idx": False, "sync_dist": True}
+        self.log(f"{stage}/{task.name}/fm_loss", fm_loss, **options)
+        self.log(f"{stage}/{task.name}/sem_loss", sem_loss, **options)
+        self.log(f"{stage}/loss", loss, prog_bar=True, **options)
+        return loss
+
+    def validation_step(
+        self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
+    ) -> Tensor:
+        """The batch's task loss averaged over ``val_timesteps`` (``val/<task>/fm_loss``,
+        ``val/<task>/sem_loss``, ``val/loss``). The sample is encoded once; corruptions and noise
+        come from a generator seeded by ``(seed, dataloader_idx, batch_idx)`` only, so every
+        validation run measures the same thing."""
+        return self._evaluate(batch, batch_idx, dataloader_idx, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        """As :meth:`validation_step`, logged under ``test/``."""
+        return self._evaluate(batch, batch_idx, dataloader_idx, "test")
+
+    @torch.no_grad()
+    def predict_step(
+        self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
+    ) -> dict[str, Any]:
+        """Generate the batch task's target from its source and instruction (``sama predict``).
+
+        Latents and semantic tokens are denoised jointly by ``FlowSampler`` with classifier-free
+        guidance ``guidance_scale`` against the negative prompt ``"[Video edit]"`` (the source
+        stays in both branches). Noise comes from a generator seeded by
+        ``(seed, dataloader_idx, batch_idx)``. Returns ``{"video": (B, 3, T, H, W) in [-1, 1],
+        "instructions": [...], "task": name}``.
+        """
+        task = self._task_of(batch)
+        generator = self._step_generator(-2, dataloader_idx, batch_idx)
+        sample = task.prepare(batch, generator)
+        codec, text_encoder, semantic_encoder = self._sync_encoders()
+        shape = tuple(codec.encode(sample.target.to(self.device)).shape)
+        source = None if sample.source is None else codec.encode(sample.source.to(self.device))
+        size = shape[0]
+        prompts = {
+            COND_FULL: text_encoder.encode(list(sample.instructions)),
+            COND_NO_SOURCE: text_encoder.encode([NEGATIVE_PROMPT] * size),
+        }
+        semantic_shape = None
+        if self.semantic_weight > 0:
+            tokens = sample.anchors.shape[1] * semantic_encoder.tokens_per_frame
+            semantic_shape = (size, tokens, semantic_encoder.dim)
+
+        def model_fn(x_t: Tensor, sem_t: Tensor | None, timestep: Tensor, cond: str) -> tuple:
+            states, mask = prompts[COND_FULL if cond == COND_FULL else COND_NO_SOURCE]
+            out = self.model(
+                x_t,
+                timestep,
+                states.to(self.device),
+                source_latents=None if cond == COND_NO_SOURCE else source,
+                semantic_tokens=sem_t,
+                text_mask=mask.to(self.device),
+            )
+            return out.velocity, out.semantic
+
+        latents, _ = self.sampler.sample(
+            model_fn,
+            shape,
+            semantic_shape,
+            text_scale=self.guidance_scale,
+            generator=generator,
+            device=self.device,
+        )
+        return {
+            "video": codec.decode(latents),
+            "instructions": sample.instructions,
+            "task": task.name,
+        }
+
+    def _task_of(self, batch: Mapping[str, Any]) -> Task:
+        name = batch.get("task")
+        if name not in self.tasks_by_name:
+            raise KeyError(
+                f"SamaModule: batch task {name!r} is not one of this module's tasks "
+                f"{sorted(self.tasks_by_name)}; the datamodule must follow module.task_sampler"
+            )
+        return self.tasks_by_name[name]
+
+    # ------------------------------------------------------------------------- optim
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        warmup = self.warmup_steps
+
+        def factor(step: int) -> float:
+            return 1.0 if warmup <= 0 else min(1.0, (step + 1) / warmup)
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    # ------------------------------------------------------------------------- export
+    def export(self, directory: str | os.PathLike[str]) -> Path:
+        """Write the transformer (``save_pretrained``) and ``encoders.json`` (class path + init
+        args of the codec, text and semantic encoders) into ``directory``.
+
+        Rebuild with ``SamaTransformer.from_pretrained(directory)`` and
+        :func:`load_encoders` ``(directory)``.
+        """
+        path = self.model.save_pretrained(directory)
+        specs = {
+            key: describe(encoder, self.hparams.get(key))
+            for key, encoder in zip(_ENCODER_KEYS, self.encoders, strict=True)
+        }
+        specs["identity"] = {
+            key: enc.identity for key, enc in zip(_ENCODER_KEYS, self.encoders, strict=True)
+        }
+        (path / ENCODERS_FILE).write_text(json.dumps(specs, indent=2, default=str) + "\n")
+        return path
+
+
+def _is_spec(value: Any) -> bool:
+    """A ``{class_path, init_args}`` mapping or a non-empty list of them (config, not objects)."""
+    if isinstance(value, Mapping):
+        return "class_path" in value
+    return (
+        isinstance(value, Sequence)
+        and not isinstance(value, str)
+        and len(value) > 0
+        and all(_is_spec(v) for v in value)
+    )
