@@ -283,13 +283,33 @@ class _Shard(Dataset):
 class BenchmarkDataModule(L.LightningDataModule):
     """Serves a :class:`Benchmark` to ``sama test``: one :class:`BenchmarkItem` per step.
 
-    Under DDP rank ``r`` of ``w`` gets items ``r, r + w, ...`` (no padding, so no sample is
-    scored twice). Only ``test_dataloader`` is defined.
+    The module edits every item with ``steps`` sampler steps, text guidance ``guidance`` and
+    ``seed``, scores it (plus the identity and oracle baselines) and writes ``results.json``,
+    ``report.html`` and the edited mp4s under ``output_dir``. ``clip_path`` / ``dino_path``
+    enable the CLIP / DINO metrics (local model dirs). Under DDP rank ``r`` of ``w`` gets items
+    ``r, r + w, ...`` (no padding, so no sample is scored twice). Only ``test_dataloader`` is
+    defined.
     """
 
-    def __init__(self, benchmark: Benchmark, num_workers: int = 0) -> None:
+    def __init__(
+        self,
+        benchmark: Benchmark,
+        output_dir: str = "runs/bench",
+        steps: int = 50,
+        guidance: float = 5.0,
+        seed: int = 0,
+        clip_path: str | None = None,
+        dino_path: str | None = None,
+        num_workers: int = 0,
+    ) -> None:
         super().__init__()
         self.benchmark = benchmark
+        self.output_dir = output_dir
+        self.steps = steps
+        self.guidance = guidance
+        self.seed = seed
+        self.clip_path = clip_path
+        self.dino_path = dino_path
         self.num_workers = num_workers
 
     def test_dataloader(self) -> DataLoader:

@@ -24,7 +24,13 @@ from sama.io import VideoReadError, read_video, to_model_video
 from sama.metrics import build_metrics
 from sama.report import ResultsLog, frame_strip, write_png, write_report, write_results
 
-__all__ = ["BenchmarkScorer", "align_prediction", "score_predictions", "benchmark_main"]
+__all__ = [
+    "BenchmarkRun",
+    "BenchmarkScorer",
+    "align_prediction",
+    "benchmark_main",
+    "score_predictions",
+]
 
 log = logging.getLogger(__name__)
 
@@ -274,3 +280,96 @@ def benchmark_main(argv: list[str] | None = None) -> int:
         return 2
     print(f"results: {results}\nreport:  {report}")
     return 0
+
+
+class BenchmarkRun:
+    """The benchmark side of ``sama test``: edit each item with the module, score, report.
+
+    Created by :meth:`sama.module.SamaModule.on_test_start` when the test datamodule is a
+    :class:`~datamodules.benchmarks.BenchmarkDataModule`. Each rank logs its records to
+    ``output_dir`` (one rank) or ``output_dir/rank<r>`` (several); rank 0 merges them and writes
+    ``results.json`` / ``report.html`` at the end. Finished samples are skipped on a re-run.
+    """
+
+    def __init__(self, module: Any, datamodule: Any, trainer: Any) -> None:
+        from sama.pipeline import EditPipeline
+        from sama.report import sha256_file
+
+        self.module = module
+        self.datamodule = datamodule
+        self.trainer = trainer
+        self.out_dir = Path(datamodule.output_dir)
+        self.world = trainer.world_size
+        rank_dir = self.out_dir if self.world == 1 else self.out_dir / f"rank{trainer.global_rank}"
+        benchmark = datamodule.benchmark
+        ckpt = getattr(trainer, "ckpt_path", None)
+        self.settings = {
+            "steps": datamodule.steps,
+            "guidance": datamodule.guidance,
+            "shift": module.hparams.get("sample_shift", 5.0),
+            "seed": datamodule.seed,
+        }
+        config = {**benchmark.describe(), **self.settings, "checkpoint": ckpt}
+        checkpoint_hash = sha256_file(ckpt) if ckpt and Path(ckpt).is_file() else None
+        self.scorer = BenchmarkScorer(
+            rank_dir,
+            has_target=benchmark.has_target,
+            has_mask=benchmark.has_mask,
+            clip_path=datamodule.clip_path,
+            dino_path=datamodule.dino_path,
+            config=config,
+            checkpoint_hash=checkpoint_hash,
+        )
+        self.pipeline = EditPipeline.from_module(module, device=module.device)
+
+    def step(self, item: BenchmarkItem) -> dict[str, float]:
+        """Edit and score one item (skipped when already logged); returns the model's scores."""
+        self.scorer.add_baselines(item)
+        if self.scorer.done(item.id):
+            return {}
+        result = self.pipeline(
+            item.source,
+            item.instruction,
+            fps=item.fps,
+            steps=self.settings["steps"],
+            guidance=self.settings["guidance"],
+            shift=self.settings["shift"],
+            seed=self.settings["seed"],
+            progress=False,
+        )
+        edits_dir = self.out_dir / "edits"
+        from sama.io import write_video
+
+        write_video(edits_dir / f"{item.id}.mp4", result.video, result.fps)
+        record = self.scorer.add(item, result.video)
+        return record["metrics"]
+
+    def finish(self) -> tuple[Path, Path] | None:
+        """Merge the ranks' logs and write the report (rank 0); None on other ranks."""
+        self.trainer.strategy.barrier("sama-benchmark-finish")
+        if not self.trainer.is_global_zero:
+            return None
+        if self.world > 1:
+            merged = BenchmarkScorer(
+                self.out_dir,
+                has_target=self.datamodule.benchmark.has_target,
+                has_mask=self.datamodule.benchmark.has_mask,
+                clip_path=self.datamodule.clip_path,
+                dino_path=self.datamodule.dino_path,
+                config=self.scorer.config,
+                checkpoint_hash=self.scorer.checkpoint_hash,
+            )
+            for rank in range(self.world):
+                rank_log = ResultsLog(self.out_dir / f"rank{rank}")
+                for record in rank_log.records():
+                    key = (str(record["id"]), record.get("system") or "model")
+                    if not merged.done(*key):
+                        merged.log.append(record)
+                        merged._done.add(key)
+                for thumb in (self.out_dir / f"rank{rank}" / "thumbs").glob("*.png"):
+                    target = merged.thumbs / thumb.name
+                    if not target.exists():
+                        target.write_bytes(thumb.read_bytes())
+            merged.notices = self.scorer.notices
+            return merged.finish()
+        return self.scorer.finish()

@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningCLI
@@ -79,6 +81,14 @@ EXTRA_COMMANDS: dict[str, tuple[Command, str]] = {
         _lazy("datamodules.synthedit", "synth_main"),
         "Generate the SynthEdit synthetic edit dataset.",
     ),
+    "edit": (
+        _lazy("sama.pipeline", "edit_main"),
+        "Edit a video with a trained checkpoint: --checkpoint --video --instruction --output.",
+    ),
+    "benchmark": (
+        _lazy("sama.benchmark", "benchmark_main"),
+        "Score another editor's outputs: benchmark score --manifest --predictions --output.",
+    ),
 }
 
 
@@ -90,10 +100,42 @@ def _extra_help() -> str:
     return "\n".join(lines)
 
 
+def _ckpt_path(args: list[str]) -> str | None:
+    for i, arg in enumerate(args):
+        if arg == "--ckpt_path" and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("--ckpt_path="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _model_from_checkpoint(args: list[str], workdir: str) -> list[str]:
+    """For ``test`` / ``validate`` / ``predict`` with ``--ckpt_path``: take the model's settings
+    from the checkpoint's hyperparameters (a config's ``model:`` section or ``--model.*``
+    options given after still override them), so a benchmark config needs no model section."""
+    if not args or args[0] not in {"test", "validate", "predict"}:
+        return args
+    ckpt = _ckpt_path(args)
+    if not ckpt or not Path(ckpt).is_file():
+        return args
+    import torch
+    import yaml
+
+    hparams = torch.load(ckpt, weights_only=True, map_location="cpu").get("hyper_parameters")
+    if not hparams or "codec" not in hparams:
+        return args
+    model = {k: v for k, v in hparams.items() if not k.startswith("_")}
+    model["init_from"] = None  # the checkpoint's own weights are loaded instead
+    path = Path(workdir) / "model_from_checkpoint.yaml"
+    path.write_text(yaml.safe_dump(model, sort_keys=False))
+    return [args[0], f"--model={path}", *args[1:]]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``sama`` and ``python -m sama``; returns the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in EXTRA_COMMANDS:
         return EXTRA_COMMANDS[args[0]][0](args[1:])
-    SamaCLI(args=args)
+    with tempfile.TemporaryDirectory(prefix="sama-cli-") as workdir:
+        SamaCLI(args=_model_from_checkpoint(args, workdir))
     return 0

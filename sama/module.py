@@ -508,9 +508,35 @@ class SamaModule(pl.LightningModule):
         validation run measures the same thing."""
         return self._evaluate(batch, batch_idx, dataloader_idx, "val")
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> Tensor:
-        """As :meth:`validation_step`, logged under ``test/``."""
-        return self._evaluate(batch, batch_idx, dataloader_idx, "test")
+    def on_test_start(self) -> None:
+        """With a benchmark datamodule, ``sama test`` edits and scores (see sama.benchmark)."""
+        from datamodules.benchmarks import BenchmarkDataModule
+
+        self._benchmark_run = None
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if isinstance(datamodule, BenchmarkDataModule):
+            from sama.benchmark import BenchmarkRun
+
+            self._benchmark_run = BenchmarkRun(self, datamodule, self.trainer)
+
+    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor | None:
+        """Benchmark items: edit, score and log ``test/<metric>``. Task batches: as
+        :meth:`validation_step`, logged under ``test/``."""
+        run = getattr(self, "_benchmark_run", None)
+        if run is None:
+            return self._evaluate(batch, batch_idx, dataloader_idx, "test")
+        for name, value in run.step(batch).items():
+            if value == value:  # NaN marks a sample a metric excludes
+                self.log(f"test/{name}", value, batch_size=1, on_epoch=True, sync_dist=True)
+        return None
+
+    def on_test_end(self) -> None:
+        run = getattr(self, "_benchmark_run", None)
+        if run is not None:
+            paths = run.finish()
+            if paths is not None:
+                print(f"results: {paths[0]}\nreport:  {paths[1]}")
+            self._benchmark_run = None
 
     @torch.no_grad()
     def predict_step(
