@@ -137,5 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     if args and args[0] in EXTRA_COMMANDS:
         return EXTRA_COMMANDS[args[0]][0](args[1:])
     with tempfile.TemporaryDirectory(prefix="sama-cli-") as workdir:
-        SamaCLI(args=_model_from_checkpoint(args, workdir))
+        # LightningCLI reads sys.argv; give it exactly the arguments meant for it
+        saved = sys.argv
+        sys.argv = [saved[0] if saved else "sama", *_model_from_checkpoint(args, workdir)]
+        try:
+            SamaCLI()
+        finally:
+            sys.argv = saved
     return 0

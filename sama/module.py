@@ -632,6 +632,8 @@ class SamaModule(pl.LightningModule):
         specs["identity"] = {
             key: enc.identity for key, enc in zip(_ENCODER_KEYS, self.encoders, strict=True)
         }
+        # semantic tokens the pipeline samples jointly with the video (0: trained without SA)
+        specs["anchor_frames"] = self.anchor_frames if self.semantic_weight > 0 else 0
         (path / ENCODERS_FILE).write_text(json.dumps(specs, indent=2, default=str) + "\n")
         return path
 

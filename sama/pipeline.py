@@ -168,10 +168,11 @@ class EditPipeline:
             raise FileNotFoundError(
                 f"{directory}: no encoders.json; export the model with `SamaModule.export(dir)`"
             )
+        from sama.module import load_encoders
+
         spec = json.loads(spec_path.read_text())
         model = SamaTransformer.from_pretrained(directory)
-        codec = _instantiate(spec["codec"])
-        text_encoder = _instantiate(spec["text_encoder"])
+        codec, text_encoder, _ = load_encoders(directory)
         kwargs.setdefault("anchor_frames", int(spec.get("anchor_frames", 1)))
         return cls(model, codec, text_encoder, **kwargs)
 
@@ -335,15 +336,6 @@ def _read_jsonl(path: Path) -> list[dict]:
                 raise ValueError(f"{path}:{number}: missing field {field!r}")
         entries.append(entry)
     return entries
-
-
-def _instantiate(spec: dict) -> Any:
-    """Build ``{"class_path": "pkg.mod.Class", "init_args": {...}}``."""
-    import importlib
-
-    module_name, _, class_name = spec["class_path"].rpartition(".")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    return cls(**spec.get("init_args", {}))
 
 
 def _size(text: str) -> tuple[int, int]:
