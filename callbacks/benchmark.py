@@ -38,9 +38,7 @@ def sample_grid(rows: list[Tensor], frames: int = 5, gap: int = 1) -> Tensor:
     idx = torch.linspace(0, t - 1, steps=min(frames, t)).round().long()
     h, w = rows[0].shape[1:3]
     n = len(idx)
-    grid = torch.full(
-        (len(rows) * (h + gap) - gap, n * (w + gap) - gap, 3), 255, dtype=torch.uint8
-    )
+    grid = torch.full((len(rows) * (h + gap) - gap, n * (w + gap) - gap, 3), 255, dtype=torch.uint8)
     for r, clip in enumerate(rows):
         for c, i in enumerate(idx.tolist()):
             y, x = r * (h + gap), c * (w + gap)

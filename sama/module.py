@@ -181,6 +181,9 @@ class SamaModule(pl.LightningModule):
         sample_steps / sample_shift / guidance_scale: the flow sampler of ``predict`` (the
             released inference: 50 steps, shift 5, CFG 5 against the negative prompt
             ``"[Video edit]"``).
+        cache_dir: a :class:`~datamodules.cache.LatentCache` folder; codec latents and text
+            states are then read from / written to it, keyed by content hash and encoder
+            identity (the same losses, fewer encoder calls; flushed at validation and train end).
     """
 
     def __init__(
@@ -205,6 +208,7 @@ class SamaModule(pl.LightningModule):
         sample_steps: int = 50,
         sample_shift: float = 5.0,
         guidance_scale: float = 5.0,
+        cache_dir: str | None = None,
     ) -> None:
         super().__init__()
         with warnings.catch_warnings():
@@ -232,6 +236,19 @@ class SamaModule(pl.LightningModule):
 
         self._encoders = _Shared(Encoders(codec, text_encoder, semantic_encoder))
         self._encoders_device: torch.device | None = None
+        # training / validation encode through the on-disk latent cache when one is configured
+        self._latent_cache = None
+        compute = Encoders(codec, text_encoder, semantic_encoder)
+        if cache_dir is not None:
+            from datamodules.cache import CachedCodec, CachedTextEncoder, LatentCache
+
+            self._latent_cache = LatentCache(cache_dir)
+            compute = Encoders(
+                CachedCodec(codec, self._latent_cache),
+                CachedTextEncoder(text_encoder, self._latent_cache),
+                semantic_encoder,
+            )
+        self._compute_encoders = _Shared(compute)
         self.tasks = list(tasks)
         for task in self.tasks:
             task.anchor_frames = anchor_frames
@@ -327,11 +344,22 @@ class SamaModule(pl.LightningModule):
     def _sync_encoders(self) -> Encoders:
         """Move the frozen encoders to the module's device (once per device change)."""
         if self._encoders_device != self.device:
-            for encoder in self.encoders:
+            for encoder in self._compute_encoders.value:
                 if isinstance(encoder, torch.nn.Module):
                     encoder.to(self.device)
             self._encoders_device = self.device
-        return self.encoders
+        return self._compute_encoders.value
+
+    def flush_cache(self) -> None:
+        """Write pending latent-cache entries to disk (no-op without ``cache_dir``)."""
+        if self._latent_cache is not None:
+            self._latent_cache.flush()
+
+    def on_train_end(self) -> None:
+        self.flush_cache()
+
+    def on_validation_end(self) -> None:
+        self.flush_cache()
 
     # ------------------------------------------------------------------------- lifecycle
     def setup(self, stage: str) -> None:

@@ -279,3 +279,26 @@ def test_test_step_logs_under_test(monkeypatch: pytest.MonkeyPatch) -> None:
         "test/speed_perturbation/sem_loss",
         "test/loss",
     }
+
+
+def test_cache_dir_gives_the_same_losses_without_re_encoding(tmp_path) -> None:
+    plain = _module()
+    cached = _module(cache_dir=str(tmp_path / "cache"))
+    cached.model.load_state_dict(plain.model.state_dict())
+    sample = plain.tasks_by_name["cube_inpainting"].prepare(
+        clip_batch(2, FRAMES, SIZE), torch.Generator().manual_seed(0)
+    )
+    expected = plain.compute_losses(sample, torch.Generator().manual_seed(5))
+    first = cached.compute_losses(sample, torch.Generator().manual_seed(5))
+    cached.flush_cache()
+    codec = cached._compute_encoders.value.codec
+    misses = codec.misses
+    # a fresh module on the same folder reads everything back from disk
+    reloaded = _module(cache_dir=str(tmp_path / "cache"))
+    reloaded.model.load_state_dict(plain.model.state_dict())
+    second = reloaded.compute_losses(sample, torch.Generator().manual_seed(5))
+    fresh_codec = reloaded._compute_encoders.value.codec
+    assert misses > 0 and fresh_codec.misses == 0 and fresh_codec.hits > 0
+    for a, b, c in zip(expected, first, second, strict=False):
+        if isinstance(a, torch.Tensor):
+            assert torch.equal(a, b) and torch.equal(a, c)
