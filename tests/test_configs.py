@@ -10,14 +10,18 @@ import yaml
 from sama.cli import SamaCLI
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+ALL_CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+BENCH = [p for p in ALL_CONFIGS if p.parent.name == "bench"]
+CONFIGS = [p for p in ALL_CONFIGS if p not in BENCH]
 PAPER = [p for p in CONFIGS if p.parent.name.startswith("wan2.1")]
 
 
-def parsed(path: Path, *overrides: str, capsys: pytest.CaptureFixture[str]) -> dict:
+def parsed(
+    path: Path, *overrides: str, capsys: pytest.CaptureFixture[str], command: str = "fit"
+) -> dict:
     """The full config after SamaCLI parsed and validated ``path`` (``--print_config``)."""
     with pytest.raises(SystemExit) as exit_info:
-        SamaCLI(args=["fit", f"--config={path}", *overrides, "--print_config"])
+        SamaCLI(args=[command, f"--config={path}", *overrides, "--print_config"])
     out = capsys.readouterr()
     assert exit_info.value.code in (0, None), out.err[-2000:]
     return yaml.safe_load(out.out)
@@ -90,3 +94,16 @@ def test_a_wrong_key_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
             ]
         )
     assert exit_info.value.code != 0
+
+
+@pytest.mark.parametrize("path", BENCH, ids=lambda p: p.relative_to(ROOT / "configs").as_posix())
+def test_bench_configs_parse_with_a_model_from_elsewhere(
+    path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `sama test --ckpt_path` supplies the model section from the checkpoint; stand in for it
+    model = yaml.safe_load((ROOT / "configs/tiny/sft.yaml").read_text())["model"]
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump(model))
+    config = parsed(path, f"--model={tmp_path / 'model.yaml'}", capsys=capsys, command="test")
+    data = config["data"]
+    assert data["class_path"].endswith("BenchmarkDataModule")
+    assert data["init_args"]["benchmark"]["class_path"].endswith("Benchmark")
