@@ -62,7 +62,6 @@ def main(argv: list[str] | None = None) -> int:
                 "--config=configs/tiny/pretrain.yaml",
                 f"--trainer.max_steps={args.pretrain_steps}",
                 f"--trainer.val_check_interval={args.pretrain_steps}",
-                f"--trainer.callbacks.every_n_train_steps={args.pretrain_steps}",
                 *common,
             ],
         )
@@ -77,7 +76,6 @@ def main(argv: list[str] | None = None) -> int:
                 f"--model.init_from={pretrain_ckpt}",
                 f"--trainer.max_steps={args.sft_steps}",
                 f"--trainer.val_check_interval={args.sft_steps}",
-                f"--trainer.callbacks.every_n_train_steps={args.sft_steps}",
                 "--trainer.callbacks+=callbacks.benchmark.BenchmarkCallback",
                 f"--trainer.callbacks.every_n_steps={max(1, args.sft_steps // 2)}",
                 f"--trainer.callbacks.steps={args.sample_steps}",
