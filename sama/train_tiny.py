@@ -1,0 +1,124 @@
+"""``make train-tiny``: reproduce the shipped tiny editor, resumable in chunks.
+
+Runs ``configs/tiny/editor-pretrain.yaml`` (stage 0) then ``configs/tiny/editor-sft.yaml``
+(stage 1, initialised from stage 0) into ``runs/tiny-editor/``. Each call resumes the
+unfinished stage from its ``last.ckpt`` (saved every 100 steps), so the recipe can run in
+chunks: ``--max-time 00:00:45:00`` stops a chunk after 45 minutes. When stage 1 has reached
+its ``max_steps``, the EMA weights are exported to ``weights/tiny-editor/`` with a
+``SHA256SUMS`` file and a ``summary.json`` (steps, wall time, last losses).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+__all__ = ["main"]
+
+STAGES = (
+    ("pretrain", "configs/tiny/editor-pretrain.yaml"),
+    ("sft", "configs/tiny/editor-sft.yaml"),
+)
+
+
+def _steps_done(ckpt: Path) -> int:
+    if not ckpt.exists():
+        return 0
+    return int(torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"])
+
+
+def _max_steps(config: str) -> int:
+    import yaml
+
+    return int(yaml.safe_load(Path(config).read_text())["trainer"]["max_steps"])
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _export(run: Path, out: Path, wall: dict[str, float]) -> None:
+    from sama.module import SamaModule
+
+    ckpt = run / "sft" / "checkpoints" / "last.ckpt"
+    module = SamaModule.load_from_checkpoint(str(ckpt), map_location="cpu")
+    tmp = out.with_name(out.name + ".tmp")
+    module.export(tmp)
+    sums = "".join(f"{_sha256(p)}  {p.name}\n" for p in sorted(tmp.iterdir()) if p.is_file())
+    (tmp / "SHA256SUMS").write_text(sums)
+    summary = {
+        "recipe": [config for _, config in STAGES],
+        "steps": {
+            stage: _steps_done(run / stage / "checkpoints" / "last.ckpt") for stage, _ in STAGES
+        },
+        "wall_seconds_this_machine": wall,
+        "parameters": sum(p.numel() for p in module.model.parameters()),
+    }
+    (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    tmp.rename(out)
+    print(f"exported the tiny editor to {out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sama.train_tiny", description=__doc__)
+    parser.add_argument("--run", default="runs/tiny-editor", help="run folder")
+    parser.add_argument("--out", default="weights/tiny-editor", help="export folder")
+    parser.add_argument("--max-time", default=None, help="stop this chunk after DD:HH:MM:SS")
+    args = parser.parse_args(argv)
+    run = Path(args.run)
+    wall_path = run / "wall_seconds.json"
+    wall = json.loads(wall_path.read_text()) if wall_path.exists() else {}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    for stage, config in STAGES:
+        ckpt = run / stage / "checkpoints" / "last.ckpt"
+        target = _max_steps(config)
+        done = _steps_done(ckpt)
+        if done >= target:
+            print(f"{stage}: finished ({done} steps)")
+            continue
+        command = [
+            sys.executable,
+            "-m",
+            "sama",
+            "fit",
+            f"--config={config}",
+            f"--trainer.logger.init_args.save_dir={run}",
+        ]
+        if ckpt.exists():
+            command.append(f"--ckpt_path={ckpt}")
+        if args.max_time:
+            command.append(f"--trainer.max_time={args.max_time}")
+        print(f"{stage}: {done}/{target} steps done; $ {' '.join(command[2:])}", flush=True)
+        start = time.monotonic()
+        result = subprocess.run(command, env=env)
+        wall[stage] = wall.get(stage, 0.0) + time.monotonic() - start
+        run.mkdir(parents=True, exist_ok=True)
+        wall_path.write_text(json.dumps(wall, indent=2) + "\n")
+        if result.returncode != 0:
+            print(f"train-tiny: stage {stage} failed (exit {result.returncode})", file=sys.stderr)
+            return result.returncode
+        if _steps_done(ckpt) < target:
+            print(f"{stage}: stopped at {_steps_done(ckpt)}/{target} steps; run again to resume")
+            return 0
+    _export(run, Path(args.out), wall)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
