@@ -183,7 +183,8 @@ class ManifestBenchmark(Benchmark):
             entries.append(entry)
         return entries
 
-    def _resolve(self, value: str) -> Path:
+    def resolve(self, value: str) -> Path:
+        """A manifest path, relative to the manifest file unless absolute."""
         path = Path(value)
         return path if path.is_absolute() else self.path.parent / path
 
@@ -192,13 +193,13 @@ class ManifestBenchmark(Benchmark):
 
     def item(self, index: int) -> BenchmarkItem:
         entry = self.entries[index]
-        source_path = self._resolve(entry["source"])
+        source_path = self.resolve(entry["source"])
         source, fps = read_video(source_path)
         target = mask = None
         if "target" in entry:
-            target, _ = read_video(self._resolve(entry["target"]))
+            target, _ = read_video(self.resolve(entry["target"]))
         if "mask" in entry:
-            mask = _read_mask(self._resolve(entry["mask"]))
+            mask = _read_mask(self.resolve(entry["mask"]))
         return BenchmarkItem(
             id=entry["id"],
             instruction=entry["instruction"],

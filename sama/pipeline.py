@@ -302,9 +302,11 @@ class EditPipeline:
         Outputs go to ``output_dir/<id>.mp4``; finished outputs are kept and skipped unless
         ``overwrite`` (so an interrupted batch resumes). Paths resolve against the manifest.
         """
-        manifest = Path(manifest)
+        from datamodules.benchmarks import ManifestBenchmark
+
+        benchmark = ManifestBenchmark(str(manifest))
+        entries = benchmark.entries
         output_dir = Path(output_dir)
-        entries = _read_jsonl(manifest)
         written = []
         kwargs.setdefault("progress", False)
         for entry in tqdm(entries, desc="editing"):
@@ -312,30 +314,12 @@ class EditPipeline:
             if out.exists() and not overwrite:
                 written.append(out)
                 continue
-            source = Path(entry["source"])
-            if not source.is_absolute():
-                source = manifest.parent / source
+            source = benchmark.resolve(entry["source"])
             result = self.edit_file(source, entry["instruction"], out, overwrite=True, **kwargs)
             if on_result is not None:
                 on_result(entry, result)
             written.append(out)
         return written
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    entries = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{number}: invalid JSON ({err.msg})") from None
-        for field in ("id", "source", "instruction"):
-            if field not in entry:
-                raise ValueError(f"{path}:{number}: missing field {field!r}")
-        entries.append(entry)
-    return entries
 
 
 def _size(text: str) -> tuple[int, int]:
