@@ -288,8 +288,8 @@ class BenchmarkDataModule(L.LightningDataModule):
     ``seed``, scores it (plus the identity and oracle baselines) and writes ``results.json``,
     ``report.html`` and the edited mp4s under ``output_dir``. ``clip_path`` / ``dino_path``
     enable the CLIP / DINO metrics (local model dirs). Under DDP rank ``r`` of ``w`` gets items
-    ``r, r + w, ...`` (no padding, so no sample is scored twice). Only ``test_dataloader`` is
-    defined.
+    ``r, r + w, ...`` (no padding, so no sample is scored twice). ``sama predict`` with this
+    datamodule only writes the edits, to ``output_dir/predictions/<id>.mp4``.
     """
 
     def __init__(
@@ -322,5 +322,13 @@ class BenchmarkDataModule(L.LightningDataModule):
             _Shard(self.benchmark, indices),
             batch_size=None,
             num_workers=self.num_workers,
-            collate_fn=lambda item: item,
+            collate_fn=_identity,
         )
+
+    def predict_dataloader(self) -> DataLoader:
+        """The same items for ``sama predict`` (edits written to ``output_dir/predictions``)."""
+        return self.test_dataloader()
+
+
+def _identity(item: BenchmarkItem) -> BenchmarkItem:
+    return item

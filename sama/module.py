@@ -567,10 +567,13 @@ class SamaModule(pl.LightningModule):
             self._benchmark_run = None
 
     @torch.no_grad()
-    def predict_step(
-        self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
-    ) -> dict[str, Any]:
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         """Generate the batch task's target from its source and instruction (``sama predict``).
+
+        With a :class:`~datamodules.benchmarks.BenchmarkDataModule` the batch is one
+        ``BenchmarkItem``: it is edited with ``EditPipeline`` and written to
+        ``output_dir/predictions/<id>.mp4`` (ready for ``sama benchmark score``); the return
+        value is ``{"id", "path"}``.
 
         Latents and semantic tokens are denoised jointly by ``FlowSampler`` with classifier-free
         guidance ``guidance_scale`` against the negative prompt ``"[Video edit]"`` (the source
@@ -578,6 +581,10 @@ class SamaModule(pl.LightningModule):
         ``(seed, dataloader_idx, batch_idx)``. Returns ``{"video": (B, 3, T, H, W) in [-1, 1],
         "instructions": [...], "task": name}``.
         """
+        from datamodules.benchmarks import BenchmarkItem
+
+        if isinstance(batch, BenchmarkItem):
+            return self._predict_benchmark_item(batch)
         task = self._task_of(batch)
         generator = self._step_generator(-2, dataloader_idx, batch_idx)
         sample = task.prepare(batch, generator)
@@ -645,6 +652,26 @@ class SamaModule(pl.LightningModule):
         }
 
     # ------------------------------------------------------------------------- export
+    def _predict_benchmark_item(self, item: Any) -> dict[str, Any]:
+        from sama.io import write_video
+        from sama.pipeline import EditPipeline
+
+        datamodule = self.trainer.datamodule
+        pipeline = EditPipeline.from_module(self, device=self.device)
+        result = pipeline(
+            item.source,
+            item.instruction,
+            fps=item.fps,
+            steps=datamodule.steps,
+            guidance=datamodule.guidance,
+            shift=self.hparams.get("sample_shift", 5.0),
+            seed=datamodule.seed,
+            progress=False,
+        )
+        path = Path(datamodule.output_dir) / "predictions" / f"{item.id}.mp4"
+        write_video(path, result.video, result.fps)
+        return {"id": item.id, "path": str(path)}
+
     def export(self, directory: str | os.PathLike[str]) -> Path:
         """Write the transformer (``save_pretrained``) and ``encoders.json`` (class path + init
         args of the codec, text and semantic encoders) into ``directory``.

@@ -102,3 +102,27 @@ def test_sama_edit_from_checkpoint_and_export(sft_ckpt: Path, tmp_path: Path) ->
     frames2, _ = read_video(out2)
     # the same weights and seed give the same edit, whichever way the model was loaded
     assert (frames.float() - frames2.float()).abs().mean() < 1.0
+
+
+def test_sama_predict_writes_edits_that_benchmark_score_reads(
+    sft_ckpt: Path, tmp_path: Path
+) -> None:
+    from datamodules.benchmarks import SynthEditBenchmark
+    from sama.benchmark import score_predictions
+
+    out = tmp_path / "bench"
+    args = [
+        "predict",
+        f"--config={ROOT / 'configs/bench/synthedit.yaml'}",
+        f"--ckpt_path={sft_ckpt}",
+        "--data.init_args.benchmark.init_args.num=2",
+        f"--data.init_args.output_dir={out}",
+        "--data.init_args.steps=2",
+        "--trainer.enable_progress_bar=false",
+    ]
+    assert cli.main(args) == 0
+    predictions = sorted((out / "predictions").glob("*.mp4"))
+    assert [p.stem for p in predictions] == [SynthEditBenchmark(num=2).item(i).id for i in (0, 1)]
+    results, _ = score_predictions(SynthEditBenchmark(num=2), out / "predictions", tmp_path / "s")
+    systems = json.loads(results.read_text())["systems"]
+    assert set(systems) == {"model", "identity", "oracle"}
