@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningCLI
 
@@ -27,6 +28,10 @@ __all__ = ["SamaCLI", "EXTRA_COMMANDS", "main", "tasks_main"]
 Command = Callable[[list[str]], int]
 
 
+class _HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """jsonargparse's help, keeping the epilog's line breaks (the extra-command table)."""
+
+
 class SamaCLI(LightningCLI):
     """LightningCLI with :class:`~sama.module.SamaModule` and any ``LightningDataModule``
     (``data.class_path: datamodules.streams.SamaDataModule``)."""
@@ -35,7 +40,9 @@ class SamaCLI(LightningCLI):
         available_tasks()  # import third-party tasks (entry points) so YAML can name them
         importlib.import_module("datamodules")
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
-        kwargs.setdefault("parser_kwargs", {"epilog": _extra_help()})
+        kwargs.setdefault(
+            "parser_kwargs", {"epilog": _extra_help(), "formatter_class": _HelpFormatter}
+        )
         super().__init__(
             SamaModule,
             LightningDataModule,
