@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
@@ -144,7 +145,7 @@ def _import_object(path: str) -> Any:
         raise ImportError(f"cannot import {path!r}: {error}") from error
 
 
-class Task:
+class Task(ABC):
     """Base class of a training objective.
 
     Subclasses set the class attributes and implement :meth:`prepare`; their constructor
@@ -187,9 +188,9 @@ class Task:
         self.weight = weight
         self.anchor_frames = 1
 
+    @abstractmethod
     def prepare(self, batch: Mapping[str, Any], generator: torch.Generator) -> EditSample:
         """Turn a batch of :attr:`stream` into an :class:`EditSample`."""
-        raise NotImplementedError(f"{type(self).__name__} must implement prepare()")
 
     def anchors(self, target: Tensor) -> Tensor:
         """``anchor_frames`` anchors ``(B, N, 3, H, W)`` of ``target`` (see :func:`select_anchors`)."""
