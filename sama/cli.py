@@ -147,8 +147,10 @@ def main(argv: list[str] | None = None) -> int:
         # LightningCLI reads sys.argv; give it exactly the arguments meant for it
         saved = sys.argv
         sys.argv = [saved[0] if saved else "sama", *_model_from_checkpoint(args, workdir)]
+        # evaluation runs record their settings in results.json; only fit saves config.yaml
+        kwargs = {} if args and args[0] == "fit" else {"save_config_callback": None}
         try:
-            SamaCLI()
+            SamaCLI(**kwargs)
         finally:
             sys.argv = saved
     return 0
