@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-import torch
+from sama.train_tiny import steps_done
 
 ROOT = Path(__file__).resolve().parents[1]
 PRETEXT = {
@@ -79,12 +79,6 @@ def plan(variant: str, p: int, s: int) -> list[dict]:
     ]
 
 
-def _steps_done(ckpt: Path) -> int:
-    if not ckpt.exists():
-        return 0
-    return int(torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"])
-
-
 def _sama(args: list[str]) -> float:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     start = time.monotonic()
@@ -103,7 +97,7 @@ def run_one(variant: str, seed: int, args: argparse.Namespace) -> dict:
     previous = None
     for stage in plan(variant, args.pretrain_steps, args.sft_steps):
         ckpt = run / stage["name"] / "checkpoints" / "last.ckpt"
-        if _steps_done(ckpt) < stage["steps"]:
+        if steps_done(ckpt) < stage["steps"]:
             command = [
                 "fit",
                 f"--config={stage['config']}",

@@ -138,8 +138,9 @@ class BenchmarkCallback(pl.Callback):
                 "mask": item.mask[:n][None, None].float() if item.mask is not None else None,
                 "texts": [item.instruction],
             }
+            edit_model = to_model_video(edit).unsqueeze(0)
             for name, metric in metrics.items():
-                value = float(metric.score(to_model_video(edit).unsqueeze(0), **kwargs)[0])
+                value = float(metric.score(edit_model, **kwargs)[0])
                 totals.setdefault(name, []).append(value)
                 if not self._logged_identity:
                     base = float(metric.score(kwargs["source"], **kwargs)[0])

@@ -11,7 +11,6 @@ its ``max_steps``, the EMA weights are exported to ``weights/tiny-editor/`` with
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import subprocess
@@ -29,7 +28,8 @@ STAGES = (
 )
 
 
-def _steps_done(ckpt: Path) -> int:
+def steps_done(ckpt: Path) -> int:
+    """Optimizer steps recorded in a Lightning checkpoint (0 when it does not exist)."""
     if not ckpt.exists():
         return 0
     return int(torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"])
@@ -41,27 +41,20 @@ def _max_steps(config: str) -> int:
     return int(yaml.safe_load(Path(config).read_text())["trainer"]["max_steps"])
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _export(run: Path, out: Path, wall: dict[str, float]) -> None:
     from sama.module import SamaModule
+    from sama.report import sha256_file
 
     ckpt = run / "sft" / "checkpoints" / "last.ckpt"
     module = SamaModule.load_from_checkpoint(str(ckpt), map_location="cpu")
     tmp = out.with_name(out.name + ".tmp")
     module.export(tmp)
-    sums = "".join(f"{_sha256(p)}  {p.name}\n" for p in sorted(tmp.iterdir()) if p.is_file())
+    sums = "".join(f"{sha256_file(p)}  {p.name}\n" for p in sorted(tmp.iterdir()) if p.is_file())
     (tmp / "SHA256SUMS").write_text(sums)
     summary = {
         "recipe": [config for _, config in STAGES],
         "steps": {
-            stage: _steps_done(run / stage / "checkpoints" / "last.ckpt") for stage, _ in STAGES
+            stage: steps_done(run / stage / "checkpoints" / "last.ckpt") for stage, _ in STAGES
         },
         "wall_seconds_this_machine": wall,
         "parameters": sum(p.numel() for p in module.model.parameters()),
@@ -88,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     for stage, config in STAGES:
         ckpt = run / stage / "checkpoints" / "last.ckpt"
         target = _max_steps(config)
-        done = _steps_done(ckpt)
+        done = steps_done(ckpt)
         if done >= target:
             print(f"{stage}: finished ({done} steps)")
             continue
@@ -113,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         if result.returncode != 0:
             print(f"train-tiny: stage {stage} failed (exit {result.returncode})", file=sys.stderr)
             return result.returncode
-        if _steps_done(ckpt) < target:
-            print(f"{stage}: stopped at {_steps_done(ckpt)}/{target} steps; run again to resume")
+        if steps_done(ckpt) < target:
+            print(f"{stage}: stopped at {steps_done(ckpt)}/{target} steps; run again to resume")
             return 0
     _export(run, Path(args.out), wall)
     return 0
