@@ -109,6 +109,9 @@ def run_one(variant: str, seed: int, args: argparse.Namespace) -> dict:
                 f"--trainer.logger.init_args.save_dir={run}",
                 "--trainer.enable_progress_bar=false",
                 f"--model.init_from={previous}" if previous else "--model.init_from=null",
+                f"--model.lr={args.lr}",
+                "--model.lr_schedule=cosine",
+                *args.fit_arg,
                 *stage["overrides"],
             ]
             if ckpt.exists():
@@ -190,12 +193,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sft-steps", type=int, default=300)
     parser.add_argument("--bench-samples", type=int, default=32)
     parser.add_argument("--sample-steps", type=int, default=20)
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak lr (cosine decay per stage)")
+    parser.add_argument(
+        "--fit-arg",
+        action="append",
+        default=[],
+        help="extra `sama fit` argument for every stage, e.g. --fit-arg=--data.init_args.batch_size=8",
+    )
     parser.add_argument("--out", default="runs/ablation")
     parser.add_argument("--results", default=str(ROOT / "docs/results.md"))
     args = parser.parse_args(argv)
-    rows = {v: [run_one(v, seed, args) for seed in args.seeds] for v in args.variants}
+    rows: dict[str, list[dict]] = {v: [] for v in args.variants}
+    # Seed-major, and the table is rewritten after every run: a sitting that stops early still
+    # leaves every variant compared on the seeds finished so far.
+    for seed in args.seeds:
+        for variant in args.variants:
+            rows[variant].append(run_one(variant, seed, args))
+            write_results(Path(args.results), {v: r for v, r in rows.items() if r}, args)
     print(table(rows))
-    write_results(Path(args.results), rows, args)
     print(f"wrote {args.results}")
     return 0
 

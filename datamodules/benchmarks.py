@@ -284,8 +284,8 @@ class _Shard(Dataset):
 class BenchmarkDataModule(L.LightningDataModule):
     """Serves a :class:`Benchmark` to ``sama test``: one :class:`BenchmarkItem` per step.
 
-    The module edits every item with ``steps`` sampler steps, text guidance ``guidance`` and
-    ``seed``, scores it (plus the identity and oracle baselines) and writes ``results.json``,
+    The module edits every item with ``steps`` sampler steps, text guidance ``guidance``,
+    timestep shift ``shift`` (``None``: the model's ``sample_shift``) and ``seed``, scores it (plus the identity and oracle baselines) and writes ``results.json``,
     ``report.html`` and the edited mp4s under ``output_dir``. ``clip_path`` / ``dino_path``
     enable the CLIP / DINO metrics (local model dirs). Under DDP rank ``r`` of ``w`` gets items
     ``r, r + w, ...`` (no padding, so no sample is scored twice). ``sama predict`` with this
@@ -299,6 +299,7 @@ class BenchmarkDataModule(L.LightningDataModule):
         steps: int = 50,
         guidance: float = 5.0,
         seed: int = 0,
+        shift: float | None = None,
         clip_path: str | None = None,
         dino_path: str | None = None,
         num_workers: int = 0,
@@ -309,9 +310,18 @@ class BenchmarkDataModule(L.LightningDataModule):
         self.steps = steps
         self.guidance = guidance
         self.seed = seed
+        if shift is not None and shift <= 0:
+            raise ValueError(f"BenchmarkDataModule: shift must be > 0, got {shift}")
+        self.shift = shift
         self.clip_path = clip_path
         self.dino_path = dino_path
         self.num_workers = num_workers
+
+    def sampler_shift(self, module: L.LightningModule) -> float:
+        """The timestep shift to sample with: ``shift`` or else the model's ``sample_shift``."""
+        if self.shift is not None:
+            return float(self.shift)
+        return float(module.hparams.get("sample_shift", 5.0))
 
     def test_dataloader(self) -> DataLoader:
         rank, world = 0, 1

@@ -302,15 +302,20 @@ class BenchmarkRun:
         self.world = trainer.world_size
         rank_dir = self.out_dir if self.world == 1 else self.out_dir / f"rank{trainer.global_rank}"
         benchmark = datamodule.benchmark
-        ckpt = getattr(trainer, "ckpt_path", None)
+        # a Lightning checkpoint, or the export directory the model was built from
+        ckpt = getattr(trainer, "ckpt_path", None) or module.hparams.get("pretrained")
         self.settings = {
             "steps": datamodule.steps,
             "guidance": datamodule.guidance,
-            "shift": module.hparams.get("sample_shift", 5.0),
+            "shift": datamodule.sampler_shift(module),
             "seed": datamodule.seed,
         }
         config = {**benchmark.describe(), **self.settings, "checkpoint": ckpt}
-        checkpoint_hash = sha256_file(ckpt) if ckpt and Path(ckpt).is_file() else None
+        checkpoint_hash = None
+        if ckpt and Path(ckpt).is_file():
+            checkpoint_hash = sha256_file(ckpt)
+        elif ckpt and (Path(ckpt) / "SHA256SUMS").is_file():
+            checkpoint_hash = sha256_file(Path(ckpt) / "SHA256SUMS")
         self.scorer = BenchmarkScorer(
             rank_dir,
             has_target=benchmark.has_target,

@@ -116,13 +116,58 @@ def _ckpt_path(args: list[str]) -> str | None:
     return None
 
 
+def _without_ckpt_path(args: list[str]) -> list[str]:
+    out: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--ckpt_path":
+            skip = True
+        elif not arg.startswith("--ckpt_path="):
+            out.append(arg)
+    return out
+
+
+def _model_from_export(args: list[str], export_dir: Path, workdir: str) -> list[str]:
+    """``--ckpt_path`` names a ``SamaModule.export`` directory: build the model from it
+    (``pretrained`` + the encoders of its ``encoders.json``) instead of loading a checkpoint."""
+    import json
+
+    import yaml
+
+    spec_path = export_dir / "encoders.json"
+    if not spec_path.is_file():
+        raise SystemExit(
+            f"sama {args[0]}: --ckpt_path {export_dir} is a directory without encoders.json; "
+            "give a Lightning .ckpt file or a folder written by SamaModule.export"
+        )
+    specs = json.loads(spec_path.read_text())
+    anchor = int(specs.get("anchor_frames", 1))
+    model = {
+        "pretrained": str(export_dir),
+        **{key: specs[key] for key in ("codec", "text_encoder", "semantic_encoder")},
+        # evaluation does not train; one task keeps the module's checks satisfied
+        "tasks": [{"class_path": "tasks.InstructionEditing"}],
+        "anchor_frames": max(anchor, 1),
+        "semantic_weight": 0.1 if anchor > 0 else 0.0,
+    }
+    path = Path(workdir) / "model_from_export.yaml"
+    path.write_text(yaml.safe_dump(model, sort_keys=False))
+    return [args[0], f"--model={path}", *_without_ckpt_path(args[1:])]
+
+
 def _model_from_checkpoint(args: list[str], workdir: str) -> list[str]:
     """For ``test`` / ``validate`` / ``predict`` with ``--ckpt_path``: take the model's settings
     from the checkpoint's hyperparameters (a config's ``model:`` section or ``--model.*``
-    options given after still override them), so a benchmark config needs no model section."""
+    options given after still override them), so a benchmark config needs no model section.
+    ``--ckpt_path`` may also name a directory written by ``SamaModule.export`` (for example
+    the shipped ``weights/tiny-editor``)."""
     if not args or args[0] not in {"test", "validate", "predict"}:
         return args
     ckpt = _ckpt_path(args)
+    if ckpt and Path(ckpt).is_dir():
+        return _model_from_export(args, Path(ckpt), workdir)
     if not ckpt or not Path(ckpt).is_file():
         return args
     import torch

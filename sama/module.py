@@ -18,10 +18,11 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import math
 import os
 import struct
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -101,6 +102,26 @@ def _seed_of(*parts: int) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
+def lr_factor_fn(
+    warmup_steps: int, schedule: str = "constant", total_steps: int = 0, min_ratio: float = 0.1
+) -> Callable[[int], float]:
+    """The learning-rate multiplier as a function of the optimizer step.
+
+    A linear warm-up over ``warmup_steps``, then ``1.0`` (``"constant"``) or a half-cosine from
+    ``1.0`` to ``min_ratio`` reached at ``total_steps`` (``"cosine"``; held there after).
+    """
+
+    def factor(step: int) -> float:
+        if warmup_steps > 0 and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "constant" or total_steps <= warmup_steps:
+            return 1.0
+        progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
 def latent_loss_mask(mask: Tensor, codec: VideoCodec) -> Tensor:
     """Pixel loss mask ``(B, 1, T, H, W)`` -> the codec's latent grid ``(B, 1, t, h, w)``.
 
@@ -178,6 +199,10 @@ class SamaModule(pl.LightningModule):
         gradient_checkpointing: recompute transformer blocks in backward.
         val_timesteps: flow times ``t`` (1 = clean) at which validation measures the loss.
         lr / weight_decay / warmup_steps: AdamW with a linear warm-up to ``lr``.
+        lr_schedule: ``"constant"`` after the warm-up, or ``"cosine"``: a half-cosine from
+            ``lr`` down to ``min_lr_ratio * lr`` at the trainer's ``max_steps`` (which must
+            then be set). The schedule is a pure function of the global step, so a run resumed
+            with a longer or shorter ``max_steps`` follows the new curve from where it is.
         sample_steps / sample_shift / guidance_scale: the flow sampler of ``predict`` (the
             released inference: 50 steps, shift 5, CFG 5 against the negative prompt
             ``"[Video edit]"``).
@@ -205,6 +230,8 @@ class SamaModule(pl.LightningModule):
         lr: float = 2e-5,
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
+        lr_schedule: str = "constant",
+        min_lr_ratio: float = 0.1,
         sample_steps: int = 50,
         sample_shift: float = 5.0,
         guidance_scale: float = 5.0,
@@ -270,6 +297,14 @@ class SamaModule(pl.LightningModule):
         self.lr = lr
         self.weight_decay = weight_decay
         self.warmup_steps = warmup_steps
+        if lr_schedule not in ("constant", "cosine"):
+            raise ValueError(
+                f"SamaModule: lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}"
+            )
+        if not 0.0 <= min_lr_ratio <= 1.0:
+            raise ValueError(f"SamaModule: min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
+        self.lr_schedule = lr_schedule
+        self.min_lr_ratio = min_lr_ratio
         self.sampler = FlowSampler(sample_steps, sample_shift)
         self.guidance_scale = guidance_scale
 
@@ -640,16 +675,25 @@ class SamaModule(pl.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
-        warmup = self.warmup_steps
-
-        def factor(step: int) -> float:
-            return 1.0 if warmup <= 0 else min(1.0, (step + 1) / warmup)
+        factor = lr_factor_fn(
+            self.warmup_steps, self.lr_schedule, self._schedule_steps(), self.min_lr_ratio
+        )
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+    def _schedule_steps(self) -> int:
+        if self.lr_schedule == "constant":
+            return 0
+        max_steps = self.trainer.max_steps if self._trainer is not None else -1
+        if max_steps is None or max_steps <= 0:
+            raise ValueError(
+                "SamaModule: lr_schedule='cosine' needs trainer.max_steps; set it in the config"
+            )
+        return int(max_steps)
 
     # ------------------------------------------------------------------------- export
     def _predict_benchmark_item(self, item: Any) -> dict[str, Any]:
@@ -664,7 +708,7 @@ class SamaModule(pl.LightningModule):
             fps=item.fps,
             steps=datamodule.steps,
             guidance=datamodule.guidance,
-            shift=self.hparams.get("sample_shift", 5.0),
+            shift=datamodule.sampler_shift(self),
             seed=datamodule.seed,
             progress=False,
         )

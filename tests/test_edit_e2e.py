@@ -126,3 +126,42 @@ def test_sama_predict_writes_edits_that_benchmark_score_reads(
     results, _ = score_predictions(SynthEditBenchmark(num=2), out / "predictions", tmp_path / "s")
     systems = json.loads(results.read_text())["systems"]
     assert set(systems) == {"model", "identity", "oracle"}
+
+
+def test_sama_test_from_an_export_directory_matches_the_checkpoint(
+    sft_ckpt: Path, tmp_path: Path
+) -> None:
+    module = SamaModule.load_from_checkpoint(str(sft_ckpt), map_location="cpu")
+    export = module.export(tmp_path / "export")
+    (export / "SHA256SUMS").write_text("0" * 64 + "  config.json\n")
+
+    def run(ckpt: Path, out: Path, *extra: str) -> dict:
+        args = [
+            "test",
+            f"--config={ROOT / 'configs/bench/synthedit.yaml'}",
+            f"--ckpt_path={ckpt}",
+            "--data.init_args.benchmark.init_args.num=2",
+            f"--data.init_args.output_dir={out}",
+            "--data.init_args.steps=2",
+            "--trainer.enable_progress_bar=false",
+            *extra,
+        ]
+        assert cli.main(args) == 0
+        return json.loads((out / "results.json").read_text())
+
+    from_ckpt = run(sft_ckpt, tmp_path / "a")
+    from_export = run(export, tmp_path / "b")
+    a = from_ckpt["overall"]["model"]["metrics"]["psnr"]["mean"]
+    b = from_export["overall"]["model"]["metrics"]["psnr"]["mean"]
+    assert b == pytest.approx(a, abs=0.05)
+    assert from_export["config"]["checkpoint"] == str(export)
+    assert from_export["checkpoint_sha256"]
+    shifted = run(export, tmp_path / "c", "--data.init_args.shift=1.0")
+    assert shifted["config"]["shift"] == 1.0 and from_export["config"]["shift"] == 5.0
+    assert shifted["overall"]["model"]["metrics"]["psnr"]["mean"] != pytest.approx(b, abs=1e-6)
+
+
+def test_sama_test_rejects_a_directory_that_is_not_an_export(tmp_path: Path) -> None:
+    args = ["test", f"--config={ROOT / 'configs/bench/synthedit.yaml'}", f"--ckpt_path={tmp_path}"]
+    with pytest.raises(SystemExit, match="without encoders.json"):
+        cli.main(args)
