@@ -16,7 +16,7 @@ mean +- std over seeds goes to ``docs/results.md`` (between marker lines) with t
 machine, steps and wall time. Every run resumes from its ``last.ckpt``, and finished runs and
 benchmarks are skipped, so the ablation can be spread over several sittings::
 
-    python benchmarks/ablation.py --pretrain-steps 300 --sft-steps 300 --seeds 0 1 2
+    python benchmarks/ablation.py --pretrain-steps 500 --sft-steps 500 --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -54,8 +54,8 @@ def _tasks(names: list[str], with_sa: bool) -> str:
 def plan(variant: str, p: int, s: int) -> list[dict]:
     """The stages of one variant: ``[{"name", "config", "steps", "overrides"}]``."""
     all_pretext = ["reconstruction", "cube", "speed", "tube"]
-    sft = "configs/tiny/sft.yaml"
-    pre = "configs/tiny/pretrain.yaml"
+    sft = "configs/ablation/sft.yaml"
+    pre = "configs/ablation/pretrain.yaml"
     no_sa = ["--model.semantic_weight=0"]
     if variant == "baseline":
         return [{"name": "sft", "config": sft, "steps": p + s, "overrides": no_sa}]
@@ -77,6 +77,19 @@ def plan(variant: str, p: int, s: int) -> list[dict]:
         {"name": "pretrain", "config": pre, "steps": p, "overrides": stage0},
         {"name": "sft", "config": sft, "steps": s, "overrides": stage1},
     ]
+
+
+def _clip_shape(config: str) -> tuple[list[int], int]:
+    """``(size, frames)`` of the clips a config trains on, so the benchmark matches them."""
+    import yaml
+
+    data = yaml.safe_load((ROOT / config).read_text())["data"]["init_args"]
+    for key in ("video_pairs", "clips"):
+        for source in data.get(key) or []:
+            init = source.get("init_args", {})
+            if "size" in init and "frames" in init:
+                return list(init["size"]), int(init["frames"])
+    raise SystemExit(f"ablation: {config} names no clip size/frames under data.init_args")
 
 
 def _sama(args: list[str]) -> float:
@@ -109,8 +122,6 @@ def run_one(variant: str, seed: int, args: argparse.Namespace) -> dict:
                 f"--trainer.logger.init_args.save_dir={run}",
                 "--trainer.enable_progress_bar=false",
                 f"--model.init_from={previous}" if previous else "--model.init_from=null",
-                f"--model.lr={args.lr}",
-                "--model.lr_schedule=cosine",
                 *args.fit_arg,
                 *stage["overrides"],
             ]
@@ -121,6 +132,7 @@ def run_one(variant: str, seed: int, args: argparse.Namespace) -> dict:
             wall_path.write_text(json.dumps(wall) + "\n")
         previous = ckpt
     bench = run / "bench"
+    size, frames = _clip_shape(plan(variant, args.pretrain_steps, args.sft_steps)[-1]["config"])
     if not (bench / "results.json").exists():
         _sama(
             [
@@ -128,6 +140,8 @@ def run_one(variant: str, seed: int, args: argparse.Namespace) -> dict:
                 "--config=configs/bench/synthedit.yaml",
                 f"--ckpt_path={previous}",
                 f"--data.init_args.benchmark.init_args.num={args.bench_samples}",
+                f"--data.init_args.benchmark.init_args.size={json.dumps(size)}",
+                f"--data.init_args.benchmark.init_args.frames={frames}",
                 f"--data.init_args.output_dir={bench}",
                 f"--data.init_args.steps={args.sample_steps}",
                 "--trainer.enable_progress_bar=false",
@@ -189,11 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--pretrain-steps", type=int, default=300)
-    parser.add_argument("--sft-steps", type=int, default=300)
+    parser.add_argument("--pretrain-steps", type=int, default=500)
+    parser.add_argument("--sft-steps", type=int, default=500)
     parser.add_argument("--bench-samples", type=int, default=32)
     parser.add_argument("--sample-steps", type=int, default=20)
-    parser.add_argument("--lr", type=float, default=1e-3, help="peak lr (cosine decay per stage)")
     parser.add_argument(
         "--fit-arg",
         action="append",

