@@ -92,6 +92,30 @@ def _clip_shape(config: str) -> tuple[list[int], int]:
     raise SystemExit(f"ablation: {config} names no clip size/frames under data.init_args")
 
 
+def _acquire(lock: Path) -> bool:
+    """Take ``lock`` (a file holding ``host:pid``); a lock left by a dead process on this host
+    is taken over. Returns False while another live process holds it."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    me = f"{platform.node()}:{os.getpid()}"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            host, _, pid = lock.read_text().partition(":")
+            if host != platform.node() or not pid.isdigit():
+                return False
+            try:
+                os.kill(int(pid), 0)
+                return False
+            except ProcessLookupError:
+                lock.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+        with os.fdopen(fd, "w") as handle:
+            handle.write(me)
+        return True
+    return False
+
+
 def _sama(args: list[str]) -> float:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     start = time.monotonic()
@@ -216,13 +240,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/ablation")
     parser.add_argument("--results", default=str(ROOT / "docs/results.md"))
     args = parser.parse_args(argv)
-    rows: dict[str, list[dict]] = {v: [] for v in args.variants}
+    parser.add_argument(
+        "--reverse",
+        action="store_true",
+        help="take the runs in reverse order (a second process on the same --out meets the "
+        "first in the middle; a run another live process holds is skipped and read later)",
+    )
+    args = parser.parse_args(argv)
     # Seed-major, and the table is rewritten after every run: a sitting that stops early still
     # leaves every variant compared on the seeds finished so far.
-    for seed in args.seeds:
-        for variant in args.variants:
-            rows[variant].append(run_one(variant, seed, args))
+    pending = [(seed, variant) for seed in args.seeds for variant in args.variants]
+    if args.reverse:
+        pending.reverse()
+    results: dict[tuple[int, str], dict] = {}
+    while pending:
+        held = []
+        for seed, variant in pending:
+            lock = Path(args.out) / variant / f"seed{seed}" / "run.lock"
+            if not _acquire(lock):
+                held.append((seed, variant))
+                continue
+            try:
+                results[(seed, variant)] = run_one(variant, seed, args)
+            finally:
+                lock.unlink(missing_ok=True)
+            rows = {
+                v: [results[(s, v)] for s in args.seeds if (s, v) in results] for v in args.variants
+            }
             write_results(Path(args.results), {v: r for v, r in rows.items() if r}, args)
+        if held:
+            print(f"ablation: {len(held)} run(s) held by another process; waiting", flush=True)
+            time.sleep(30)
+        pending = held
+    rows = {v: [results[(s, v)] for s in args.seeds] for v in args.variants}
     print(table(rows))
     print(f"wrote {args.results}")
     return 0
