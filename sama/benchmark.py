@@ -10,8 +10,10 @@ identity baseline (source returned unchanged) and, where ground truth exists, th
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,17 @@ from torch import Tensor
 from datamodules.benchmarks import Benchmark, BenchmarkItem, EditVerseBench, ManifestBenchmark
 from sama.io import VideoReadError, read_video, to_model_video
 from sama.metrics import build_metrics
-from sama.report import ResultsLog, frame_strip, write_png, write_report, write_results
+from sama.report import (
+    PARTIAL_FILENAME,
+    ResultsLog,
+    frame_strip,
+    write_png,
+    write_report,
+    write_results,
+)
+
+#: settings + checkpoint hash of the samples in ``results.partial.jsonl`` (resume guard)
+RUN_KEY_FILENAME = "run_key.json"
 
 __all__ = [
     "BenchmarkRun",
@@ -94,8 +106,25 @@ class BenchmarkScorer:
         self.judge = judge
         self.config = dict(config or {})
         self.checkpoint_hash = checkpoint_hash
+        self._start_or_resume()
         self.log = ResultsLog(self.out_dir)
         self._done = {(str(r["id"]), r.get("system") or "model") for r in self.log.records()}
+
+    def _start_or_resume(self) -> None:
+        """Resume the per-sample log only when it was written with the same benchmark settings
+        and checkpoint; otherwise set it aside (renamed, not deleted) and start afresh."""
+        key = {"config": self.config, "checkpoint_sha256": self.checkpoint_hash}
+        key = json.loads(json.dumps(key, default=str))
+        meta = self.out_dir / RUN_KEY_FILENAME
+        partial = self.out_dir / PARTIAL_FILENAME
+        previous = json.loads(meta.read_text()) if meta.is_file() else None
+        if partial.exists() and previous != key:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            aside = partial.with_name(f"results.partial.{stamp}.stale.jsonl")
+            partial.rename(aside)
+            self.note(f"earlier samples in {aside.name} came from other settings; not reused")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        meta.write_text(json.dumps(key, indent=2) + "\n")
 
     def done(self, sample_id: str, system: str = "model") -> bool:
         return (sample_id, system) in self._done

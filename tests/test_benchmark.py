@@ -84,6 +84,14 @@ def test_scoring_orders_identity_model_oracle_and_resumes(tmp_path) -> None:
     before = (out / "results.partial.jsonl").read_text()
     score_predictions(ManifestBenchmark(str(manifest)), preds, out)
     assert (out / "results.partial.jsonl").read_text() == before
+    # other settings (here: another checkpoint hash): the old samples are set aside, not mixed in
+    score_predictions(ManifestBenchmark(str(manifest)), preds, out, checkpoint_hash="f" * 64)
+    stale = list(out.glob("results.partial.*.stale.jsonl"))
+    assert len(stale) == 1 and stale[0].read_text() == before
+    again = json.loads(results_path.read_text())
+    assert again["checkpoint_sha256"] == "f" * 64
+    assert len([r for r in again["samples"] if r["system"] == "model"]) == 2
+    assert any("not reused" in n for n in again["notices"])
 
 
 def test_missing_prediction_is_reported(tmp_path, capsys) -> None:
