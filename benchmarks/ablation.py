@@ -207,7 +207,9 @@ Measured with `{command}` on {platform.node() or "this machine"} ({os.cpu_count(
 {platform.processor() or platform.machine()}, no GPU): stage 0 {args.pretrain_steps} steps,
 stage 1 {args.sft_steps} steps (single-stage variants: {args.pretrain_steps + args.sft_steps}),
 scored on {args.bench_samples} SynthEdit held-out samples with {args.sample_steps} sampler steps.
-Mean ± std over seeds; PSNR in dB.
+Mean ± std over seeds; PSNR in dB. Training wall time summed over all runs:
+{sum(r["wall_s"] for runs in rows.values() for r in runs) / 60:.0f} min. Per-run numbers:
+`{path.with_name(path.stem + "-ablation.json").name}`.
 
 {table(rows)}
 {END}"""
@@ -219,6 +221,10 @@ Mean ± std over seeds; PSNR in dB.
     tmp = path.with_suffix(".tmp")
     tmp.write_text(text)
     tmp.replace(path)
+    runs = path.with_name(path.stem + "-ablation.json")
+    per_run = [{"variant": v, **r} for v, rs in rows.items() for r in rs]
+    runs.with_suffix(".tmp").write_text(json.dumps(per_run, indent=1) + "\n")
+    runs.with_suffix(".tmp").replace(runs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -261,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
                 held.append((seed, variant))
                 continue
             try:
-                results[(seed, variant)] = run_one(variant, seed, args)
+                results[(seed, variant)] = {"seed": seed, **run_one(variant, seed, args)}
             finally:
                 lock.unlink(missing_ok=True)
             rows = {
