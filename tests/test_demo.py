@@ -1,0 +1,66 @@
+"""`make demo`'s driver (sama.demo) at a few steps: every stage, the outputs, reuse on a re-run,
+and the choice of editor (the shipped export with verified checksums, or the demo's own run)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sama import demo
+from sama.module import SamaModule
+from sama.report import sha256_file
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--pretrain-steps=2", "--sft-steps=2", "--bench-samples=2", "--sample-steps=2"]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("demo")
+    assert demo.main([f"--out={out}", "--editor=none", *FAST]) == 0
+    return out
+
+
+def test_demo_writes_every_output(demo_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for path in (
+        "pretrain/checkpoints/last.ckpt",
+        "sft/checkpoints/last.ckpt",
+        "edits/bikes_red.mp4",
+        "bench/results.json",
+        "bench/report.html",
+        "overview.png",
+    ):
+        assert (demo_run / path).is_file(), path
+    assert list((demo_run / "sft").glob("events.out.tfevents.*"))
+    results = json.loads((demo_run / "bench" / "results.json").read_text())
+    assert results["config"]["checkpoint"].endswith("sft/checkpoints/last.ckpt")
+    # a re-run reuses the trained stages and the real-clip edit
+    before = (demo_run / "edits" / "bikes_red.mp4").stat().st_mtime_ns
+    assert demo.main([f"--out={demo_run}", "--editor=none", *FAST]) == 0
+    printed = capsys.readouterr().out
+    assert "stage 0: reusing" in printed and "stage 1: reusing" in printed
+    assert "real clip: reusing" in printed and "demo's own stage-1 checkpoint" in printed
+    assert (demo_run / "edits" / "bikes_red.mp4").stat().st_mtime_ns == before
+
+
+def test_demo_edits_with_a_shipped_export_and_checks_its_checksums(
+    demo_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    module = SamaModule.load_from_checkpoint(
+        str(demo_run / "sft" / "checkpoints" / "last.ckpt"), map_location="cpu"
+    )
+    shipped = module.export(tmp_path / "editor")
+    files = sorted(p for p in shipped.iterdir() if p.is_file())
+    (shipped / "SHA256SUMS").write_text("".join(f"{sha256_file(p)}  {p.name}\n" for p in files))
+    assert demo.main([f"--out={demo_run}", f"--editor={shipped}", *FAST]) == 0
+    printed = capsys.readouterr().out
+    assert f"shipped tiny editor {shipped}" in printed
+    assert "real clip: reusing" not in printed  # another editor: the edit is made again
+    results = json.loads((demo_run / "bench" / "results.json").read_text())
+    assert results["config"]["checkpoint"] == str(shipped)
+
+    (shipped / "encoders.json").write_text("{}")
+    with pytest.raises(SystemExit, match=r"encoders\.json: checksum differs"):
+        demo.main([f"--out={demo_run}", f"--editor={shipped}", *FAST])
