@@ -5,7 +5,9 @@ Runs ``configs/tiny/editor-pretrain.yaml`` (stage 0) then ``configs/tiny/editor-
 unfinished stage from its ``last.ckpt`` (saved every 100 steps), so the recipe can run in
 chunks: ``--max-time 00:00:45:00`` stops a chunk after 45 minutes. When stage 1 has reached
 its ``max_steps``, the EMA weights are exported to ``weights/tiny-editor/`` with a
-``SHA256SUMS`` file and a ``summary.json`` (steps, wall time, last losses).
+``SHA256SUMS`` file and a ``summary.json`` (steps, training time, last logged losses and
+benchmark scalars). ``--export-now`` exports stage 1 as it stands, marked
+``"complete": false`` in ``summary.json`` (an interim editor between chunks).
 """
 
 from __future__ import annotations
@@ -41,22 +43,48 @@ def _max_steps(config: str) -> int:
     return int(yaml.safe_load(Path(config).read_text())["trainer"]["max_steps"])
 
 
+def training_seconds(log_dir: Path, max_gap: float = 600.0) -> float:
+    """Seconds spent training according to a TensorBoard log folder: the sum of the gaps
+    between consecutive ``train/loss`` events, leaving out gaps over ``max_gap`` (the pauses
+    between chunks). Counts every chunk, including ones whose process was killed."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    if not log_dir.is_dir():
+        return 0.0
+    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    if "train/loss" not in events.Tags()["scalars"]:
+        return 0.0
+    times = sorted(e.wall_time for e in events.Scalars("train/loss"))
+    return float(sum(b - a for a, b in zip(times, times[1:], strict=False) if b - a <= max_gap))
+
+
 def _export(run: Path, out: Path, wall: dict[str, float]) -> None:
     from sama.module import SamaModule
     from sama.report import sha256_file
 
     ckpt = run / "sft" / "checkpoints" / "last.ckpt"
+    if not ckpt.exists():
+        raise SystemExit(f"train-tiny: {ckpt} does not exist; train stage 1 first")
     module = SamaModule.load_from_checkpoint(str(ckpt), map_location="cpu")
     tmp = out.with_name(out.name + ".tmp")
     module.export(tmp)
     sums = "".join(f"{sha256_file(p)}  {p.name}\n" for p in sorted(tmp.iterdir()) if p.is_file())
     (tmp / "SHA256SUMS").write_text(sums)
+    steps = {stage: steps_done(run / stage / "checkpoints" / "last.ckpt") for stage, _ in STAGES}
+    targets = {stage: _max_steps(config) for stage, config in STAGES}
     summary = {
         "recipe": [config for _, config in STAGES],
-        "steps": {
-            stage: steps_done(run / stage / "checkpoints" / "last.ckpt") for stage, _ in STAGES
+        "complete": all(steps[stage] >= targets[stage] for stage in steps),
+        "steps": steps,
+        "max_steps": targets,
+        "ema_weights": True,
+        "training_seconds_from_logs": {
+            stage: round(training_seconds(run / stage)) for stage, _ in STAGES
         },
-        "wall_seconds_this_machine": wall,
+        "wall_seconds_of_train_tiny_chunks": wall,
+        "machine": f"{os.cpu_count()} CPU cores, no GPU",
+        "last_logged": _last_scalars(run / "sft"),
         "parameters": sum(p.numel() for p in module.model.parameters()),
     }
     (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -65,7 +93,24 @@ def _export(run: Path, out: Path, wall: dict[str, float]) -> None:
 
         shutil.rmtree(out)
     tmp.rename(out)
-    print(f"exported the tiny editor to {out}")
+    state = "final" if summary["complete"] else f"interim ({steps['sft']}/{targets['sft']} steps)"
+    print(f"exported the tiny editor ({state}) to {out}")
+
+
+def _last_scalars(log_dir: Path) -> dict[str, float]:
+    """The last value of each loss / benchmark scalar in a TensorBoard log folder."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    if not log_dir.is_dir():
+        return {}
+    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    out = {}
+    for tag in events.Tags()["scalars"]:
+        if tag.startswith(("val/", "bench/", "train/loss")):
+            last = events.Scalars(tag)[-1]
+            out[f"{tag}@{last.step}"] = round(float(last.value), 4)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,10 +118,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", default="runs/tiny-editor", help="run folder")
     parser.add_argument("--out", default="weights/tiny-editor", help="export folder")
     parser.add_argument("--max-time", default=None, help="stop this chunk after DD:HH:MM:SS")
+    parser.add_argument(
+        "--export-now",
+        action="store_true",
+        help="only export stage 1's last.ckpt as it is (an interim editor; summary.json says so)",
+    )
     args = parser.parse_args(argv)
     run = Path(args.run)
     wall_path = run / "wall_seconds.json"
     wall = json.loads(wall_path.read_text()) if wall_path.exists() else {}
+    if args.export_now:
+        _export(run, Path(args.out), wall)
+        return 0
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     for stage, config in STAGES:
         ckpt = run / stage / "checkpoints" / "last.ckpt"

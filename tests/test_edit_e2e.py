@@ -165,3 +165,37 @@ def test_sama_test_rejects_a_directory_that_is_not_an_export(tmp_path: Path) -> 
     args = ["test", f"--config={ROOT / 'configs/bench/synthedit.yaml'}", f"--ckpt_path={tmp_path}"]
     with pytest.raises(SystemExit, match="without encoders.json"):
         cli.main(args)
+
+
+def test_train_tiny_export_now_writes_an_interim_editor_with_checksums(
+    sft_ckpt: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from sama import train_tiny
+    from sama.report import verify_checksums
+
+    run = tmp_path / "run"
+    (run / "sft" / "checkpoints").mkdir(parents=True)
+    shutil.copy(sft_ckpt, run / "sft" / "checkpoints" / "last.ckpt")
+    out = tmp_path / "weights"
+    assert train_tiny.main(["--run", str(run), "--out", str(out), "--export-now"]) == 0
+    assert set(verify_checksums(out)) >= {"encoders.json", "model.safetensors"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["complete"] is False and summary["steps"]["sft"] == 4
+    assert summary["max_steps"]["sft"] > 4 and summary["steps"]["pretrain"] == 0
+    # small enough to ship in the repository (the issue caps the weights at 20 MB)
+    assert (out / "model.safetensors").stat().st_size < 20 * 2**20
+
+
+def test_training_seconds_sums_gaps_and_skips_pauses(tmp_path: Path) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    from sama.train_tiny import training_seconds
+
+    writer = SummaryWriter(str(tmp_path))
+    for step, wall in enumerate([100.0, 102.0, 105.0, 5000.0, 5004.0]):
+        writer.add_scalar("train/loss", 1.0, step, walltime=wall)
+    writer.close()
+    assert training_seconds(tmp_path) == pytest.approx(2 + 3 + 4)
+    assert training_seconds(tmp_path / "missing") == 0.0
