@@ -245,7 +245,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", default="runs/ablation")
     parser.add_argument("--results", default=str(ROOT / "docs/results.md"))
-    args = parser.parse_args(argv)
     parser.add_argument(
         "--reverse",
         action="store_true",
