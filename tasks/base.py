@@ -52,7 +52,8 @@ class EditSample:
         target: ``(B, 3, T, H, W)`` float32 in [-1, 1], the video the model learns to produce.
         instructions: ``B`` prompts, given to the text encoder as they are.
         anchors: ``(B, N, 3, H, W)`` anchor frames taken from the target (semantic anchoring).
-        loss_mask: ``(B, 1, T, H, W)`` pixel-space weights in [0, 1] (1 = counts), or ``None``
+        loss_mask: ``(B, 1, T, H, W)`` pixel-space weights >= 0 (0 = ignored, 1 = counts, more
+            = counts more, e.g. ``edit_region_weight``; the loss is their weighted mean), or ``None``
             (the whole target counts).
         is_image: True for image pairs (1-frame targets).
     """
