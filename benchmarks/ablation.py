@@ -200,6 +200,26 @@ def table(rows: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+def paired_table(rows: dict[str, list[dict]], reference: str = "baseline") -> str:
+    """Each variant minus ``reference`` on the same seed (mean ± std of the differences)."""
+    ref = {r["seed"]: r for r in rows.get(reference, []) if "seed" in r}
+    metrics = METRICS[:2]
+    lines = [
+        f"| variant - {reference} | seeds | " + " | ".join(metrics) + " |",
+        "|" + "---|" * (len(metrics) + 2),
+    ]
+    for variant, runs in rows.items():
+        pairs = [(r, ref[r["seed"]]) for r in runs if variant != reference and r["seed"] in ref]
+        if not pairs:
+            continue
+        cells = [
+            _fmt([a[m] - b[m] for a, b in pairs if a[m] is not None and b[m] is not None])
+            for m in metrics
+        ]
+        lines.append(f"| {variant} | {len(pairs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def write_results(path: Path, rows: dict[str, list[dict]], args: argparse.Namespace) -> None:
     command = "python benchmarks/ablation.py " + " ".join(sys.argv[1:])
     body = f"""{BEGIN}
@@ -212,6 +232,11 @@ Mean ± std over seeds; PSNR in dB. Training wall time summed over all runs:
 `{path.with_name(path.stem + "-ablation.json").name}`.
 
 {table(rows)}
+
+Differences from the SFT-only baseline, paired by seed (the same seed sets data, task draws
+and initialisation), in dB:
+
+{paired_table(rows)}
 {END}"""
     text = path.read_text() if path.exists() else "# Results\n\n"
     if BEGIN in text and END in text:
