@@ -37,6 +37,29 @@ def steps_done(ckpt: Path) -> int:
     return int(torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"])
 
 
+def _seconds(duration: str) -> float:
+    """``DD:HH:MM:SS`` -> seconds."""
+    parts = duration.split(":")
+    if len(parts) != 4 or not all(p.strip().isdigit() for p in parts):
+        raise SystemExit(f"train-tiny: --max-time must be DD:HH:MM:SS, got {duration!r}")
+    days, hours, minutes, secs = (int(p) for p in parts)
+    return float(((days * 24 + hours) * 60 + minutes) * 60 + secs)
+
+
+def _chunk_limit(ckpt: Path, chunk: str) -> str:
+    """Lightning's ``max_time`` counts the training time stored in the checkpoint's Timer
+    state, so a chunk of ``chunk`` after a resume needs that time added to the limit."""
+    elapsed = 0.0
+    if ckpt.exists():
+        state = torch.load(ckpt, map_location="cpu", weights_only=False).get("callbacks", {})
+        elapsed = float(state.get("Timer", {}).get("time_elapsed", {}).get("train", 0.0))
+    total = int(elapsed + _seconds(chunk))
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{days:02d}:{hours:02d}:{minutes:02d}:{secs:02d}"
+
+
 def _max_steps(config: str) -> int:
     import yaml
 
@@ -149,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         if ckpt.exists():
             command.append(f"--ckpt_path={ckpt}")
         if args.max_time:
-            command.append(f"--trainer.max_time={args.max_time}")
+            limit = _chunk_limit(ckpt, args.max_time)
+            command.append(f"--trainer.max_time={limit}")
         print(f"{stage}: {done}/{target} steps done; $ {' '.join(command[2:])}", flush=True)
         start = time.monotonic()
         result = subprocess.run(command, env=env)

@@ -199,3 +199,15 @@ def test_training_seconds_sums_gaps_and_skips_pauses(tmp_path: Path) -> None:
     writer.close()
     assert training_seconds(tmp_path) == pytest.approx(2 + 3 + 4)
     assert training_seconds(tmp_path / "missing") == 0.0
+
+
+def test_train_tiny_chunks_add_the_checkpoints_training_time(tmp_path: Path) -> None:
+    from sama.train_tiny import _chunk_limit
+
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"callbacks": {"Timer": {"time_elapsed": {"train": 3725.4}}}}, ckpt)
+    # 1 h 2 min 5 s already trained + a 45-minute chunk
+    assert _chunk_limit(ckpt, "00:00:45:00") == "00:01:47:05"
+    assert _chunk_limit(tmp_path / "none.ckpt", "01:00:00:00") == "01:00:00:00"
+    with pytest.raises(SystemExit, match="DD:HH:MM:SS"):
+        _chunk_limit(ckpt, "45m")
