@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -66,17 +67,23 @@ def _max_steps(config: str) -> int:
     return int(yaml.safe_load(Path(config).read_text())["trainer"]["max_steps"])
 
 
+def _events(log_dir: Path) -> Any:
+    """Every scalar of a TensorBoard log folder (an ``EventAccumulator``), or None."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    if not log_dir.is_dir():
+        return None
+    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return events
+
+
 def training_seconds(log_dir: Path, max_gap: float = 600.0) -> float:
     """Seconds spent training according to a TensorBoard log folder: the sum of the gaps
     between consecutive ``train/loss`` events, leaving out gaps over ``max_gap`` (the pauses
     between chunks). Counts every chunk, including ones whose process was killed."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    if not log_dir.is_dir():
-        return 0.0
-    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
-    events.Reload()
-    if "train/loss" not in events.Tags()["scalars"]:
+    events = _events(log_dir)
+    if events is None or "train/loss" not in events.Tags()["scalars"]:
         return 0.0
     times = sorted(e.wall_time for e in events.Scalars("train/loss"))
     return float(sum(b - a for a, b in zip(times, times[1:], strict=False) if b - a <= max_gap))
@@ -122,12 +129,9 @@ def _export(run: Path, out: Path, wall: dict[str, float]) -> None:
 
 def _last_scalars(log_dir: Path) -> dict[str, float]:
     """The last value of each loss / benchmark scalar in a TensorBoard log folder."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    if not log_dir.is_dir():
+    events = _events(log_dir)
+    if events is None:
         return {}
-    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
-    events.Reload()
     out = {}
     for tag in events.Tags()["scalars"]:
         if tag.startswith(("val/", "bench/", "train/loss")):
