@@ -187,8 +187,9 @@ def main(argv: list[str] | None = None) -> int:
         if result.returncode != 0:
             print(f"train-tiny: stage {stage} failed (exit {result.returncode})", file=sys.stderr)
             return result.returncode
-        if steps_done(ckpt) < target:
-            print(f"{stage}: stopped at {steps_done(ckpt)}/{target} steps; run again to resume")
+        done = steps_done(ckpt)
+        if done < target:
+            print(f"{stage}: stopped at {done}/{target} steps; run again to resume")
             return 0
     _export(run, Path(args.out), wall)
     return 0
