@@ -67,6 +67,7 @@ def endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FakeEndpoint, st
                 fake.in_flight += 1
                 fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
                 status, text, delay = fake.next_reply(body)
+            counted = True
             try:
                 time.sleep(delay)
                 payload = text.encode()
@@ -76,12 +77,19 @@ def endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FakeEndpoint, st
                 if status == 429:
                     self.send_header("Retry-After", "0")
                 self.end_headers()
+                # Leave the in-flight count before the body goes out: the client cannot hold a
+                # whole answer (and start its next request) until then, so the count never
+                # includes this thread's teardown after the client has moved on.
+                with fake.lock:
+                    fake.in_flight -= 1
+                    counted = False
                 self.wfile.write(payload)
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client gave up (timeout test)
             finally:
-                with fake.lock:
-                    fake.in_flight -= 1
+                if counted:
+                    with fake.lock:
+                        fake.in_flight -= 1
 
         def log_message(self, *args: object) -> None:
             pass
