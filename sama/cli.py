@@ -16,10 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from jsonargparse import DefaultHelpFormatter
-from lightning.pytorch import LightningDataModule
+from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.cli import LightningCLI
 
 import tasks  # noqa: F401  (built-in task classes: short class names resolve in YAML)
+from callbacks.progress import step_counting
 from sama.module import SamaModule
 from tasks.base import available_tasks
 
@@ -51,6 +52,17 @@ class SamaCLI(LightningCLI):
             args=args,
             **kwargs,
         )
+
+    def instantiate_trainer(self, **kwargs: object) -> Trainer:
+        """Lightning's trainer, with a step-counting bar in place of its default progress bar."""
+        configured = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
+        # a copy: the Trainer appends its default bar to the very list the config holds
+        configured = list(configured) if isinstance(configured, list) else [configured]
+        trainer = super().instantiate_trainer(**kwargs)
+        bar = trainer.progress_bar_callback
+        if bar is not None and not any(bar is callback for callback in configured):
+            trainer.callbacks[trainer.callbacks.index(bar)] = step_counting(bar)
+        return trainer
 
 
 def tasks_main(argv: list[str]) -> int:
