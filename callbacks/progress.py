@@ -34,13 +34,17 @@ def step_total(trainer: pl.Trainer) -> int | None:
     return trainer.max_steps * trainer.accumulate_grad_batches
 
 
-class StepRichProgressBar(RichProgressBar):
-    """:class:`~lightning.pytorch.callbacks.RichProgressBar` counting the whole step budget."""
+class _StepTotal(ProgressBar):
+    """The training total of :func:`step_total`, else Lightning's."""
 
     @property
     def total_train_batches(self) -> int | float:
         total = step_total(self.trainer)
         return super().total_train_batches if total is None else total
+
+
+class StepRichProgressBar(_StepTotal, RichProgressBar):
+    """:class:`~lightning.pytorch.callbacks.RichProgressBar` counting the whole step budget."""
 
     def _get_train_description(self, current_epoch: int) -> str:
         if step_total(self.trainer) is None:
@@ -49,13 +53,8 @@ class StepRichProgressBar(RichProgressBar):
         return TRAIN_DESCRIPTION.ljust(len(self.validation_description))
 
 
-class StepTQDMProgressBar(TQDMProgressBar):
+class StepTQDMProgressBar(_StepTotal, TQDMProgressBar):
     """:class:`~lightning.pytorch.callbacks.TQDMProgressBar` counting the whole step budget."""
-
-    @property
-    def total_train_batches(self) -> int | float:
-        total = step_total(self.trainer)
-        return super().total_train_batches if total is None else total
 
     def on_train_start(self, trainer: pl.Trainer, *args: object) -> None:
         # a run resumed mid-epoch gets no on_train_epoch_start: set the total here too
