@@ -161,7 +161,7 @@ def run_one(variant: str, seed: int, args: argparse.Namespace) -> dict:
         _sama(
             [
                 "test",
-                "--config=configs/bench/synthedit.yaml",
+                "--config=configs/eval/synthedit.yaml",
                 f"--ckpt_path={previous}",
                 f"--data.init_args.benchmark.init_args.num={args.bench_samples}",
                 f"--data.init_args.benchmark.init_args.size={json.dumps(size)}",

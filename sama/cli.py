@@ -105,7 +105,7 @@ EXTRA_COMMANDS: dict[str, tuple[Command, str]] = {
         "Edit a video with a trained checkpoint: --checkpoint --video --instruction --output.",
     ),
     "benchmark": (
-        _lazy("sama.benchmark", "benchmark_main"),
+        _lazy("sama.evaluation.scorer", "benchmark_main"),
         "Score another editor's outputs: benchmark score --manifest --predictions --output.",
     ),
 }

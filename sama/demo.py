@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"--model.init_from={pretrain_ckpt}",
                 f"--trainer.max_steps={args.sft_steps}",
                 f"--trainer.val_check_interval={args.sft_steps}",
-                "--trainer.callbacks+=callbacks.benchmark.BenchmarkCallback",
+                "--trainer.callbacks+=callbacks.edit_monitor.EditMonitor",
                 f"--trainer.callbacks.every_n_steps={max(1, args.sft_steps // 2)}",
                 f"--trainer.callbacks.steps={args.sample_steps}",
                 *common,
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         "SynthEdit held-out benchmark: edit the test clips, score, report",
         [
             "test",
-            "--config=configs/bench/synthedit.yaml",
+            "--config=configs/eval/synthedit.yaml",
             f"--ckpt_path={editor}",
             f"--data.init_args.benchmark.init_args.num={args.bench_samples}",
             f"--data.init_args.output_dir={bench}",
@@ -155,7 +155,7 @@ every stage runs; `make train-tiny` is the recipe of the shipped editor."""
 
 def _choose_editor(choice: str, own_ckpt: Path) -> tuple[Path, str]:
     """The model that edits: the shipped export (checksums verified) or the demo's own run."""
-    from sama.report import verify_checksums
+    from sama.evaluation.report import verify_checksums
 
     if choice != "none":
         shipped = Path(choice)
@@ -186,12 +186,12 @@ def _fingerprint(editor: Path) -> str:
 
 def _write_overview(bench: Path, path: Path, samples: int, rows: int = 4) -> Path:
     """``source | edit | target`` strips of the first benchmark clips, with instructions."""
-    from datamodules.benchmarks import SynthEditBenchmark
+    from datamodules.eval_sets import SynthEditEvalSet
     from sama.io import read_video
-    from sama.report import edit_overview, write_png
+    from sama.evaluation.report import edit_overview, write_png
 
     config = json.loads((bench / "results.json").read_text())["config"]
-    benchmark = SynthEditBenchmark(
+    benchmark = SynthEditEvalSet(
         num=samples,
         size=tuple(config["size"]),
         frames=config["frames"],

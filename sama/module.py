@@ -572,13 +572,13 @@ class SamaModule(pl.LightningModule):
         return self._evaluate(batch, batch_idx, dataloader_idx, "val")
 
     def on_test_start(self) -> None:
-        """With a benchmark datamodule, ``sama test`` edits and scores (see sama.benchmark)."""
-        from datamodules.benchmarks import BenchmarkDataModule
+        """With a benchmark datamodule, ``sama test`` edits and scores (see sama.evaluation.scorer)."""
+        from datamodules.eval_sets import EvalDataModule
 
         self._benchmark_run = None
         datamodule = getattr(self.trainer, "datamodule", None)
-        if isinstance(datamodule, BenchmarkDataModule):
-            from sama.benchmark import BenchmarkRun
+        if isinstance(datamodule, EvalDataModule):
+            from sama.evaluation.scorer import BenchmarkRun
 
             self._benchmark_run = BenchmarkRun(self, datamodule, self.trainer)
 
@@ -605,8 +605,8 @@ class SamaModule(pl.LightningModule):
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         """Generate the batch task's target from its source and instruction (``sama predict``).
 
-        With a :class:`~datamodules.benchmarks.BenchmarkDataModule` the batch is one
-        ``BenchmarkItem``: it is edited with ``EditPipeline`` and written to
+        With a :class:`~datamodules.eval_sets.EvalDataModule` the batch is one
+        ``EvalItem``: it is edited with ``EditPipeline`` and written to
         ``output_dir/predictions/<id>.mp4`` (ready for ``sama benchmark score``); the return
         value is ``{"id", "path"}``.
 
@@ -616,9 +616,9 @@ class SamaModule(pl.LightningModule):
         ``(seed, dataloader_idx, batch_idx)``. Returns ``{"video": (B, 3, T, H, W) in [-1, 1],
         "instructions": [...], "task": name}``.
         """
-        from datamodules.benchmarks import BenchmarkItem
+        from datamodules.eval_sets import EvalItem
 
-        if isinstance(batch, BenchmarkItem):
+        if isinstance(batch, EvalItem):
             return self._predict_benchmark_item(batch)
         task = self._task_of(batch)
         generator = self._step_generator(-2, dataloader_idx, batch_idx)

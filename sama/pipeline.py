@@ -302,9 +302,9 @@ class EditPipeline:
         Outputs go to ``output_dir/<id>.mp4``; finished outputs are kept and skipped unless
         ``overwrite`` (so an interrupted batch resumes). Paths resolve against the manifest.
         """
-        from datamodules.benchmarks import ManifestBenchmark
+        from datamodules.eval_sets import ManifestEvalSet
 
-        benchmark = ManifestBenchmark(str(manifest))
+        benchmark = ManifestEvalSet(str(manifest))
         entries = benchmark.entries
         output_dir = Path(output_dir)
         written = []

@@ -11,7 +11,7 @@ from sama.cli import SamaCLI
 
 ROOT = Path(__file__).resolve().parents[1]
 ALL_CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
-BENCH = [p for p in ALL_CONFIGS if p.parent.name == "bench"]
+BENCH = [p for p in ALL_CONFIGS if p.parent.name == "eval"]
 CONFIGS = [p for p in ALL_CONFIGS if p not in BENCH]
 PAPER = [p for p in CONFIGS if p.parent.name.startswith("wan2.1")]
 
@@ -105,5 +105,5 @@ def test_bench_configs_parse_with_a_model_from_elsewhere(
     (tmp_path / "model.yaml").write_text(yaml.safe_dump(model))
     config = parsed(path, f"--model={tmp_path / 'model.yaml'}", capsys=capsys, command="test")
     data = config["data"]
-    assert data["class_path"].endswith("BenchmarkDataModule")
-    assert data["init_args"]["benchmark"]["class_path"].endswith("Benchmark")
+    assert data["class_path"].endswith("EvalDataModule")
+    assert data["init_args"]["benchmark"]["class_path"].endswith("SynthEditEvalSet")

@@ -29,7 +29,7 @@ def sft_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "--trainer.val_check_interval=4",
             "--trainer.enable_progress_bar=false",
             f"--trainer.logger.init_args.save_dir={out}",
-            "--trainer.callbacks+=callbacks.benchmark.BenchmarkCallback",
+            "--trainer.callbacks+=callbacks.edit_monitor.EditMonitor",
             "--trainer.callbacks.num_samples=2",
             "--trainer.callbacks.every_n_steps=2",
             "--trainer.callbacks.steps=2",
@@ -63,7 +63,7 @@ def test_sama_test_scores_model_identity_and_oracle_and_resumes(
     out = tmp_path / "bench"
     args = [
         "test",
-        f"--config={ROOT / 'configs/bench/synthedit.yaml'}",
+        f"--config={ROOT / 'configs/eval/synthedit.yaml'}",
         f"--ckpt_path={sft_ckpt}",
         "--data.init_args.benchmark.init_args.num=3",
         f"--data.init_args.output_dir={out}",
@@ -107,13 +107,13 @@ def test_sama_edit_from_checkpoint_and_export(sft_ckpt: Path, tmp_path: Path) ->
 def test_sama_predict_writes_edits_that_benchmark_score_reads(
     sft_ckpt: Path, tmp_path: Path
 ) -> None:
-    from datamodules.benchmarks import SynthEditBenchmark
-    from sama.benchmark import score_predictions
+    from datamodules.eval_sets import SynthEditEvalSet
+    from sama.evaluation.scorer import score_predictions
 
     out = tmp_path / "bench"
     args = [
         "predict",
-        f"--config={ROOT / 'configs/bench/synthedit.yaml'}",
+        f"--config={ROOT / 'configs/eval/synthedit.yaml'}",
         f"--ckpt_path={sft_ckpt}",
         "--data.init_args.benchmark.init_args.num=2",
         f"--data.init_args.output_dir={out}",
@@ -122,8 +122,8 @@ def test_sama_predict_writes_edits_that_benchmark_score_reads(
     ]
     assert cli.main(args) == 0
     predictions = sorted((out / "predictions").glob("*.mp4"))
-    assert [p.stem for p in predictions] == [SynthEditBenchmark(num=2).item(i).id for i in (0, 1)]
-    results, _ = score_predictions(SynthEditBenchmark(num=2), out / "predictions", tmp_path / "s")
+    assert [p.stem for p in predictions] == [SynthEditEvalSet(num=2).item(i).id for i in (0, 1)]
+    results, _ = score_predictions(SynthEditEvalSet(num=2), out / "predictions", tmp_path / "s")
     systems = json.loads(results.read_text())["systems"]
     assert set(systems) == {"model", "identity", "oracle"}
 
@@ -138,7 +138,7 @@ def test_sama_test_from_an_export_directory_matches_the_checkpoint(
     def run(ckpt: Path, out: Path, *extra: str) -> dict:
         args = [
             "test",
-            f"--config={ROOT / 'configs/bench/synthedit.yaml'}",
+            f"--config={ROOT / 'configs/eval/synthedit.yaml'}",
             f"--ckpt_path={ckpt}",
             "--data.init_args.benchmark.init_args.num=2",
             f"--data.init_args.output_dir={out}",
@@ -162,7 +162,7 @@ def test_sama_test_from_an_export_directory_matches_the_checkpoint(
 
 
 def test_sama_test_rejects_a_directory_that_is_not_an_export(tmp_path: Path) -> None:
-    args = ["test", f"--config={ROOT / 'configs/bench/synthedit.yaml'}", f"--ckpt_path={tmp_path}"]
+    args = ["test", f"--config={ROOT / 'configs/eval/synthedit.yaml'}", f"--ckpt_path={tmp_path}"]
     with pytest.raises(SystemExit, match="without encoders.json"):
         cli.main(args)
 
@@ -173,7 +173,7 @@ def test_train_tiny_export_now_writes_an_interim_editor_with_checksums(
     import shutil
 
     from sama import train_tiny
-    from sama.report import verify_checksums
+    from sama.evaluation.report import verify_checksums
 
     run = tmp_path / "run"
     (run / "sft" / "checkpoints").mkdir(parents=True)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from sama.judge import (
+from sama.evaluation.judge import (
     JudgeError,
     JudgeItem,
     VLMJudge,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from sama.metrics import (
+from sama.evaluation.metrics import (
     PSNR_CAP_DB,
     ClipFrameConsistency,
     ClipTextAlignment,

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sama.report import (
+from sama.evaluation.report import (
     PARTIAL_FILENAME,
     ResultsLog,
     encode_png,
@@ -183,7 +183,7 @@ def test_results_log_resumes_after_a_torn_write(tmp_path: Path) -> None:
 
 
 def test_edit_overview_lays_out_source_edit_target_rows() -> None:
-    from sama.report import edit_overview
+    from sama.evaluation.report import edit_overview
 
     video = np.zeros((5, 8, 10, 3), np.uint8)
     edit = np.full((5, 8, 10, 3), 200, np.uint8)
@@ -199,7 +199,7 @@ def test_edit_overview_lays_out_source_edit_target_rows() -> None:
 
 
 def test_verify_checksums_names_the_changed_or_missing_file(tmp_path: Path) -> None:
-    from sama.report import sha256_file, verify_checksums
+    from sama.evaluation.report import sha256_file, verify_checksums
 
     (tmp_path / "a.bin").write_bytes(b"weights")
     (tmp_path / "SHA256SUMS").write_text(f"{sha256_file(tmp_path / 'a.bin')}  a.bin\n")

@@ -22,11 +22,11 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
-from datamodules.benchmarks import Benchmark, SynthEditBenchmark
+from datamodules.eval_sets import EvalSet, SynthEditEvalSet
 from sama.io import to_model_video, write_video
-from sama.metrics import build_metrics
+from sama.evaluation.metrics import build_metrics
 
-__all__ = ["BenchmarkCallback", "sample_grid"]
+__all__ = ["EditMonitor", "sample_grid"]
 
 
 def sample_grid(rows: list[Tensor], frames: int = 5, gap: int = 1) -> Tensor:
@@ -46,7 +46,7 @@ def sample_grid(rows: list[Tensor], frames: int = 5, gap: int = 1) -> Tensor:
     return grid.permute(2, 0, 1).contiguous()
 
 
-class BenchmarkCallback(pl.Callback):
+class EditMonitor(pl.Callback):
     """Periodic editing benchmark during ``fit``.
 
     Args:
@@ -59,7 +59,7 @@ class BenchmarkCallback(pl.Callback):
 
     def __init__(
         self,
-        benchmark: Benchmark | None = None,
+        benchmark: EvalSet | None = None,
         num_samples: int = 4,
         every_n_steps: int = 500,
         steps: int = 20,
@@ -68,7 +68,7 @@ class BenchmarkCallback(pl.Callback):
         write_videos: bool = True,
     ) -> None:
         super().__init__()
-        self.benchmark = benchmark or SynthEditBenchmark(num=num_samples)
+        self.benchmark = benchmark or SynthEditEvalSet(num=num_samples)
         self.num_samples = min(num_samples, len(self.benchmark))
         self.every_n_steps = every_n_steps
         self.steps = steps

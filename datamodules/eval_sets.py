@@ -1,16 +1,16 @@
 """Editing benchmarks as datasets, and a datamodule for ``sama test``.
 
-A benchmark is a list of :class:`BenchmarkItem` (source clip, instruction, optional ground
+A benchmark is a list of :class:`EvalItem` (source clip, instruction, optional ground
 truth). One small class per on-disk format:
 
-- :class:`SynthEditBenchmark`: SynthEdit's held-out test split, generated in memory (exact
+- :class:`SynthEditEvalSet`: SynthEdit's held-out test split, generated in memory (exact
   targets and masks);
-- :class:`ManifestBenchmark`: any JSONL manifest in the paired-edit format (``id``,
+- :class:`ManifestEvalSet`: any JSONL manifest in the paired-edit format (``id``,
   ``source``, ``instruction``; ``target``, ``mask``, ``category``, ``target_caption``
   optional);
 - :class:`EditVerseBench`: EditVerseBench's ``test.json`` (no ground truth).
 
-Adding a format means subclassing :class:`Benchmark` with ``__len__`` and ``item``.
+Adding a format means subclassing :class:`EvalSet` with ``__len__`` and ``item``.
 Layouts: ``source`` / ``target`` uint8 ``(T, H, W, 3)``; ``mask`` bool ``(T, H, W)``, True
 where the edit should change pixels.
 """
@@ -33,17 +33,17 @@ from torch.utils.data import DataLoader, Dataset
 from sama.io import read_video
 
 __all__ = [
-    "Benchmark",
-    "BenchmarkItem",
-    "BenchmarkDataModule",
+    "EvalSet",
+    "EvalItem",
+    "EvalDataModule",
     "EditVerseBench",
-    "ManifestBenchmark",
-    "SynthEditBenchmark",
+    "ManifestEvalSet",
+    "SynthEditEvalSet",
 ]
 
 
 @dataclass
-class BenchmarkItem:
+class EvalItem:
     """One benchmark sample. Videos uint8 ``(T, H, W, 3)``; mask bool ``(T, H, W)``."""
 
     id: str
@@ -58,8 +58,8 @@ class BenchmarkItem:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class Benchmark(Dataset, ABC):
-    """A benchmark: indexable :class:`BenchmarkItem` s plus what ground truth it has."""
+class EvalSet(Dataset, ABC):
+    """A benchmark: indexable :class:`EvalItem` s plus what ground truth it has."""
 
     name: str = "benchmark"
     has_target: bool = False
@@ -69,9 +69,9 @@ class Benchmark(Dataset, ABC):
     def __len__(self) -> int: ...
 
     @abstractmethod
-    def item(self, index: int) -> BenchmarkItem: ...
+    def item(self, index: int) -> EvalItem: ...
 
-    def __getitem__(self, index: int) -> BenchmarkItem:
+    def __getitem__(self, index: int) -> EvalItem:
         return self.item(index)
 
     def describe(self) -> dict[str, Any]:
@@ -79,7 +79,7 @@ class Benchmark(Dataset, ABC):
         return {"benchmark": type(self).__name__, "name": self.name, "samples": len(self)}
 
 
-class SynthEditBenchmark(Benchmark):
+class SynthEditEvalSet(EvalSet):
     """SynthEdit test samples generated on the fly (default: the held-out split).
 
     Args:
@@ -113,11 +113,11 @@ class SynthEditBenchmark(Benchmark):
     def __len__(self) -> int:
         return self.num
 
-    def item(self, index: int) -> BenchmarkItem:
+    def item(self, index: int) -> EvalItem:
         if not 0 <= index < self.num:
             raise IndexError(index)
         s = self.generator.sample(index)
-        return BenchmarkItem(
+        return EvalItem(
             id=s.id,
             instruction=s.instruction,
             source=s.source,
@@ -142,7 +142,7 @@ def _read_mask(path: Path) -> Tensor:
     return frames.amax(dim=-1) > 0
 
 
-class ManifestBenchmark(Benchmark):
+class ManifestEvalSet(EvalSet):
     """A JSONL manifest in the paired-edit format; ground truth optional.
 
     Each line: ``{"id", "source", "instruction"}`` plus optional ``target``, ``mask`` (.npz
@@ -191,7 +191,7 @@ class ManifestBenchmark(Benchmark):
     def __len__(self) -> int:
         return len(self.entries)
 
-    def item(self, index: int) -> BenchmarkItem:
+    def item(self, index: int) -> EvalItem:
         entry = self.entries[index]
         source_path = self.resolve(entry["source"])
         source, fps = read_video(source_path)
@@ -200,7 +200,7 @@ class ManifestBenchmark(Benchmark):
             target, _ = read_video(self.resolve(entry["target"]))
         if "mask" in entry:
             mask = _read_mask(self.resolve(entry["mask"]))
-        return BenchmarkItem(
+        return EvalItem(
             id=entry["id"],
             instruction=entry["instruction"],
             source=source,
@@ -219,7 +219,7 @@ class ManifestBenchmark(Benchmark):
 _TAG = re.compile(r"<video\d+>")
 
 
-class EditVerseBench(Benchmark):
+class EditVerseBench(EvalSet):
     """EditVerseBench's ``test.json``: ``{id: {"<text>", "<video1>", "type", ...}}``.
 
     ``<text>`` is the instruction with ``<video1>`` tags (removed here), ``<video1>`` the
@@ -251,14 +251,14 @@ class EditVerseBench(Benchmark):
     def __len__(self) -> int:
         return len(self.entries)
 
-    def item(self, index: int) -> BenchmarkItem:
+    def item(self, index: int) -> EvalItem:
         key, entry = self.entries[index]
         source_path = Path(entry["<video1>"])
         if not source_path.is_absolute():
             source_path = self.path.parent / source_path
         source, fps = read_video(source_path)
         instruction = " ".join(_TAG.sub(" ", entry["<text>"]).split())
-        return BenchmarkItem(
+        return EvalItem(
             id=key,
             instruction=instruction,
             source=source,
@@ -271,18 +271,18 @@ class EditVerseBench(Benchmark):
 
 
 class _Shard(Dataset):
-    def __init__(self, benchmark: Benchmark, indices: list[int]) -> None:
+    def __init__(self, benchmark: EvalSet, indices: list[int]) -> None:
         self.benchmark, self.indices = benchmark, indices
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int) -> BenchmarkItem:
+    def __getitem__(self, i: int) -> EvalItem:
         return self.benchmark.item(self.indices[i])
 
 
-class BenchmarkDataModule(L.LightningDataModule):
-    """Serves a :class:`Benchmark` to ``sama test``: one :class:`BenchmarkItem` per step.
+class EvalDataModule(L.LightningDataModule):
+    """Serves a :class:`EvalSet` to ``sama test``: one :class:`EvalItem` per step.
 
     The module edits every item with ``steps`` sampler steps, text guidance ``guidance``,
     timestep shift ``shift`` (``None``: the model's ``sample_shift``) and ``seed``, scores it (plus the identity and oracle baselines) and writes ``results.json``,
@@ -294,7 +294,7 @@ class BenchmarkDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        benchmark: Benchmark,
+        benchmark: EvalSet,
         output_dir: str = "runs/bench",
         steps: int = 50,
         guidance: float = 5.0,
@@ -311,7 +311,7 @@ class BenchmarkDataModule(L.LightningDataModule):
         self.guidance = guidance
         self.seed = seed
         if shift is not None and shift <= 0:
-            raise ValueError(f"BenchmarkDataModule: shift must be > 0, got {shift}")
+            raise ValueError(f"EvalDataModule: shift must be > 0, got {shift}")
         self.shift = shift
         self.clip_path = clip_path
         self.dino_path = dino_path
@@ -340,5 +340,5 @@ class BenchmarkDataModule(L.LightningDataModule):
         return self.test_dataloader()
 
 
-def _identity(item: BenchmarkItem) -> BenchmarkItem:
+def _identity(item: EvalItem) -> EvalItem:
     return item

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sama.report import encode_png
+from sama.evaluation.report import encode_png
 
 log = logging.getLogger(__name__)
 

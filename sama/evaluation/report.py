@@ -252,8 +252,8 @@ def _summarize(records: list[dict[str, Any]], metric_names: list[str]) -> dict[s
 
 
 def _default_directions() -> dict[str, bool]:
-    from sama.judge import JUDGE_METRIC_NAMES
-    from sama.metrics import metric_directions
+    from sama.evaluation.judge import JUDGE_METRIC_NAMES
+    from sama.evaluation.metrics import metric_directions
 
     directions = metric_directions()
     directions.update(dict.fromkeys(JUDGE_METRIC_NAMES, True))

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.benchmarks import EditVerseBench, ManifestBenchmark
-from sama.benchmark import align_prediction, benchmark_main, score_predictions
+from datamodules.eval_sets import EditVerseBench, ManifestEvalSet
+from sama.evaluation.scorer import align_prediction, benchmark_main, score_predictions
 from sama.io import write_video
 
 
@@ -47,10 +47,10 @@ def _scene(tmp_path, n: int = 2):
 def test_manifest_errors_name_file_and_line(tmp_path) -> None:
     (tmp_path / "b.jsonl").write_text('{"id": "a", "source": "a.mp4", "instruction": "x"}\n{oops\n')
     with pytest.raises(ValueError, match=r"b.jsonl:2: invalid JSON"):
-        ManifestBenchmark(str(tmp_path / "b.jsonl"))
+        ManifestEvalSet(str(tmp_path / "b.jsonl"))
     (tmp_path / "c.jsonl").write_text('{"id": "a", "source": "a.mp4"}\n')
     with pytest.raises(ValueError, match=r"c.jsonl:1: missing field 'instruction'"):
-        ManifestBenchmark(str(tmp_path / "c.jsonl"))
+        ManifestEvalSet(str(tmp_path / "c.jsonl"))
 
 
 def test_align_prediction_resizes_and_trims() -> None:
@@ -72,7 +72,7 @@ def test_scoring_orders_identity_model_oracle_and_resumes(tmp_path) -> None:
         noisy = (target.int() + torch.randint(-6, 7, target.shape)).clamp(0, 255).to(torch.uint8)
         write_video(preds / f"x{i}.mp4", noisy, 8, crf=0)
     out = tmp_path / "out"
-    results_path, report = score_predictions(ManifestBenchmark(str(manifest)), preds, out)
+    results_path, report = score_predictions(ManifestEvalSet(str(manifest)), preds, out)
     results = json.loads(results_path.read_text())
     overall = results["overall"]
     region = {s: overall[s]["metrics"]["edit_region_psnr"]["mean"] for s in results["systems"]}
@@ -82,10 +82,10 @@ def test_scoring_orders_identity_model_oracle_and_resumes(tmp_path) -> None:
     assert "recolor" in html and 'src="http' not in html and "data:image/png;base64" in html
     # resume: a second run scores nothing new (partial log unchanged)
     before = (out / "results.partial.jsonl").read_text()
-    score_predictions(ManifestBenchmark(str(manifest)), preds, out)
+    score_predictions(ManifestEvalSet(str(manifest)), preds, out)
     assert (out / "results.partial.jsonl").read_text() == before
     # other settings (here: another checkpoint hash): the old samples are set aside, not mixed in
-    score_predictions(ManifestBenchmark(str(manifest)), preds, out, checkpoint_hash="f" * 64)
+    score_predictions(ManifestEvalSet(str(manifest)), preds, out, checkpoint_hash="f" * 64)
     stale = list(out.glob("results.partial.*.stale.jsonl"))
     assert len(stale) == 1 and stale[0].read_text() == before
     again = json.loads(results_path.read_text())

@@ -1,6 +1,6 @@
 """Benchmark scoring shared by ``sama test`` and ``sama benchmark score``.
 
-:class:`BenchmarkScorer` scores edits one sample at a time, appends each finished record to
+:class:`EditScorer` scores edits one sample at a time, appends each finished record to
 ``results.partial.jsonl`` (so an interrupted run resumes without redoing samples), scores the
 identity baseline (source returned unchanged) and, where ground truth exists, the oracle
 (target returned), and at the end writes ``results.json`` and a self-contained
@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from datamodules.benchmarks import Benchmark, BenchmarkItem, EditVerseBench, ManifestBenchmark
+from datamodules.eval_sets import EvalSet, EvalItem, EditVerseBench, ManifestEvalSet
 from sama.io import VideoReadError, read_video, to_model_video
-from sama.metrics import build_metrics
-from sama.report import (
+from sama.evaluation.metrics import build_metrics
+from sama.evaluation.report import (
     PARTIAL_FILENAME,
     ResultsLog,
     frame_strip,
@@ -38,7 +38,7 @@ RUN_KEY_FILENAME = "run_key.json"
 
 __all__ = [
     "BenchmarkRun",
-    "BenchmarkScorer",
+    "EditScorer",
     "align_prediction",
     "benchmark_main",
     "score_predictions",
@@ -70,7 +70,7 @@ def align_prediction(edit: Tensor, source: Tensor) -> tuple[Tensor, Tensor, list
     return edit, source, notes
 
 
-class BenchmarkScorer:
+class EditScorer:
     """Score edits of one benchmark into ``out_dir``.
 
     Args:
@@ -78,7 +78,7 @@ class BenchmarkScorer:
             ``report.html``.
         has_target / has_mask: what ground truth the benchmark has (decides the metrics).
         clip_path / dino_path: optional local model dirs for CLIP / DINO metrics.
-        judge: optional :class:`sama.judge.VLMJudge`.
+        judge: optional :class:`sama.evaluation.judge.VLMJudge`.
         config / checkpoint_hash: stored in ``results.json``.
     """
 
@@ -133,7 +133,7 @@ class BenchmarkScorer:
         if message not in self.notices:
             self.notices.append(message)
 
-    def _scores(self, item: BenchmarkItem, edit: Tensor, source: Tensor) -> dict[str, float]:
+    def _scores(self, item: EvalItem, edit: Tensor, source: Tensor) -> dict[str, float]:
         n = edit.shape[0]
         as_model = lambda v: to_model_video(v[:n]).unsqueeze(0)  # noqa: E731
         target = as_model(item.target) if item.target is not None else None
@@ -152,7 +152,7 @@ class BenchmarkScorer:
             )
             scores[name] = float(value[0])
         if self.judge is not None:
-            from sama.judge import JudgeError
+            from sama.evaluation.judge import JudgeError
 
             try:
                 scores.update(self.judge.judge(source, edit, item.instruction).as_metrics())
@@ -166,7 +166,7 @@ class BenchmarkScorer:
             write_png(path, frame_strip(video.numpy()))
         return str(path)
 
-    def add(self, item: BenchmarkItem, edit: Tensor, system: str = "model") -> dict[str, Any]:
+    def add(self, item: EvalItem, edit: Tensor, system: str = "model") -> dict[str, Any]:
         """Score one edit (uint8 ``(T, H, W, 3)``) of ``item`` and log the record."""
         edit, source, notes = align_prediction(edit, item.source)
         for note in notes:
@@ -188,7 +188,7 @@ class BenchmarkScorer:
         self._done.add((item.id, system))
         return record
 
-    def add_baselines(self, item: BenchmarkItem) -> None:
+    def add_baselines(self, item: EvalItem) -> None:
         """Score the identity baseline and, with ground truth, the oracle (once per sample)."""
         if not self.done(item.id, "identity"):
             self.add(item, item.source, "identity")
@@ -218,7 +218,7 @@ class BenchmarkScorer:
 
 
 def score_predictions(
-    benchmark: Benchmark,
+    benchmark: EvalSet,
     predictions: str | Path,
     output: str | Path,
     **scorer_kwargs: Any,
@@ -229,7 +229,7 @@ def score_predictions(
         raise FileNotFoundError(f"predictions folder {predictions} does not exist")
     config = {**scorer_kwargs.pop("config", {}), **benchmark.describe()}
     config["predictions"] = str(predictions)
-    scorer = BenchmarkScorer(
+    scorer = EditScorer(
         output,
         has_target=benchmark.has_target,
         has_mask=benchmark.has_mask,
@@ -260,10 +260,10 @@ def score_predictions(
     return scorer.finish()
 
 
-def _load_benchmark(args: argparse.Namespace) -> Benchmark:
+def _load_benchmark(args: argparse.Namespace) -> EvalSet:
     if args.format == "editverse":
         return EditVerseBench(args.manifest, max_samples=args.max_samples)
-    return ManifestBenchmark(args.manifest, max_samples=args.max_samples)
+    return ManifestEvalSet(args.manifest, max_samples=args.max_samples)
 
 
 def benchmark_main(argv: list[str] | None = None) -> int:
@@ -286,7 +286,7 @@ def benchmark_main(argv: list[str] | None = None) -> int:
     if args.judge_url:
         if not args.judge_model:
             parser.error("--judge-url needs --judge-model")
-        from sama.judge import VLMJudge
+        from sama.evaluation.judge import VLMJudge
 
         judge = VLMJudge(
             args.judge_url,
@@ -315,14 +315,14 @@ class BenchmarkRun:
     """The benchmark side of ``sama test``: edit each item with the module, score, report.
 
     Created by :meth:`sama.module.SamaModule.on_test_start` when the test datamodule is a
-    :class:`~datamodules.benchmarks.BenchmarkDataModule`. Each rank logs its records to
+    :class:`~datamodules.eval_sets.EvalDataModule`. Each rank logs its records to
     ``output_dir`` (one rank) or ``output_dir/rank<r>`` (several); rank 0 merges them and writes
     ``results.json`` / ``report.html`` at the end. Finished samples are skipped on a re-run.
     """
 
     def __init__(self, module: Any, datamodule: Any, trainer: Any) -> None:
         from sama.pipeline import EditPipeline
-        from sama.report import sha256_file
+        from sama.evaluation.report import sha256_file
 
         self.module = module
         self.datamodule = datamodule
@@ -345,7 +345,7 @@ class BenchmarkRun:
             checkpoint_hash = sha256_file(ckpt)
         elif ckpt and (Path(ckpt) / "SHA256SUMS").is_file():
             checkpoint_hash = sha256_file(Path(ckpt) / "SHA256SUMS")
-        self.scorer = BenchmarkScorer(
+        self.scorer = EditScorer(
             rank_dir,
             has_target=benchmark.has_target,
             has_mask=benchmark.has_mask,
@@ -356,7 +356,7 @@ class BenchmarkRun:
         )
         self.pipeline = EditPipeline.from_module(module, device=module.device)
 
-    def step(self, item: BenchmarkItem) -> dict[str, float]:
+    def step(self, item: EvalItem) -> dict[str, float]:
         """Edit and score one item (skipped when already logged); returns the model's scores."""
         self.scorer.add_baselines(item)
         if self.scorer.done(item.id):
@@ -384,7 +384,7 @@ class BenchmarkRun:
         if not self.trainer.is_global_zero:
             return None
         if self.world > 1:
-            merged = BenchmarkScorer(
+            merged = EditScorer(
                 self.out_dir,
                 has_target=self.datamodule.benchmark.has_target,
                 has_mask=self.datamodule.benchmark.has_mask,
