@@ -23,8 +23,8 @@ import torch
 from torch import Tensor
 
 from datamodules.eval_sets import EvalSet, SynthEditEvalSet
-from sama.io import to_model_video, write_video
 from sama.evaluation.metrics import build_metrics
+from sama.io import to_model_video, write_video
 
 __all__ = ["EditMonitor", "sample_grid"]
 

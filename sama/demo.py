@@ -187,8 +187,8 @@ def _fingerprint(editor: Path) -> str:
 def _write_overview(bench: Path, path: Path, samples: int, rows: int = 4) -> Path:
     """``source | edit | target`` strips of the first benchmark clips, with instructions."""
     from datamodules.eval_sets import SynthEditEvalSet
-    from sama.io import read_video
     from sama.evaluation.report import edit_overview, write_png
+    from sama.io import read_video
 
     config = json.loads((bench / "results.json").read_text())["config"]
     benchmark = SynthEditEvalSet(

@@ -90,8 +90,8 @@ def training_seconds(log_dir: Path, max_gap: float = 600.0) -> float:
 
 
 def _export(run: Path, out: Path, wall: dict[str, float]) -> None:
-    from sama.module import SamaModule
     from sama.evaluation.report import sha256_file
+    from sama.module import SamaModule
 
     ckpt = run / "sft" / "checkpoints" / "last.ckpt"
     if not ckpt.exists():

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from sama import demo
-from sama.module import SamaModule
 from sama.evaluation.report import sha256_file
+from sama.module import SamaModule
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--pretrain-steps=2", "--sft-steps=2", "--bench-samples=2", "--sample-steps=2"]

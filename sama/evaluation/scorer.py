@@ -21,8 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from datamodules.eval_sets import EvalSet, EvalItem, EditVerseBench, ManifestEvalSet
-from sama.io import VideoReadError, read_video, to_model_video
+from datamodules.eval_sets import EditVerseBench, EvalItem, EvalSet, ManifestEvalSet
 from sama.evaluation.metrics import build_metrics
 from sama.evaluation.report import (
     PARTIAL_FILENAME,
@@ -32,6 +31,7 @@ from sama.evaluation.report import (
     write_report,
     write_results,
 )
+from sama.io import VideoReadError, read_video, to_model_video
 
 #: settings + checkpoint hash of the samples in ``results.partial.jsonl`` (resume guard)
 RUN_KEY_FILENAME = "run_key.json"
@@ -321,8 +321,8 @@ class BenchmarkRun:
     """
 
     def __init__(self, module: Any, datamodule: Any, trainer: Any) -> None:
-        from sama.pipeline import EditPipeline
         from sama.evaluation.report import sha256_file
+        from sama.pipeline import EditPipeline
 
         self.module = module
         self.datamodule = datamodule
