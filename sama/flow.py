@@ -12,8 +12,9 @@ diffusers' flow schedulers use ``sigma = 1 - t`` (1 = noise) and step with the v
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Literal
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -110,6 +111,49 @@ def masked_mse(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tens
     total = weight.sum()
     safe_total = torch.where(total > 0, total, torch.ones_like(total))
     return (err * weight).sum() / safe_total
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How an edit is sampled: the one settings object of ``sama edit`` / ``predict`` / ``test``
+    and the training-time edit monitor.
+
+    Defaults are the released inference code's: 50 Euler steps, text guidance 5 against the
+    negative prompt, no separate source guidance, timestep shift 5, seed 0 (seeds the initial
+    noise; the same seed gives the same edit).
+    """
+
+    steps: int = 50
+    guidance: float = 5.0
+    source_guidance: float | None = None
+    shift: float = 5.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"sampling steps must be >= 1, got {self.steps}")
+        if self.shift <= 0:
+            raise ValueError(f"sampling shift must be > 0, got {self.shift}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (what ``results.json`` and an export record)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None) -> SamplingSettings:
+        """Build from a dict; unknown keys are an error naming them."""
+        values = dict(values or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"sampling settings: unknown field(s) {unknown}; known: {sorted(known)}"
+            )
+        return cls(**values)
+
+    def updated(self, **changes: Any) -> SamplingSettings:
+        """A copy with the non-``None`` ``changes`` applied (CLI overrides)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
 class FlowSampler:
