@@ -36,6 +36,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from sama.files import atomic_write
 from sama.model import SamaTransformer
 
 __all__ = [
@@ -239,10 +240,4 @@ def export_sama_release(model: SamaTransformer, path: str | os.PathLike[str]) ->
         diffusers_to_original_key(k): v.detach().contiguous().cpu()
         for k, v in model.state_dict().items()
     }
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        save_file(state, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write(path, lambda tmp: save_file(state, tmp))

@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -27,6 +26,8 @@ from diffusers import WanTransformer3DModel
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
+
+from sama.files import atomic_write, atomic_write_text
 
 SAMA_CONFIG_NAME = "sama_config.json"
 SAMA_WEIGHTS_NAME = "model.safetensors"
@@ -320,7 +321,7 @@ class SamaTransformer(nn.Module):
         path.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         weights = path / SAMA_WEIGHTS_NAME
-        _atomic_write(weights, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+        atomic_write(weights, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
         meta = {
             "format": _FORMAT,
             "version": _FORMAT_VERSION,
@@ -331,7 +332,7 @@ class SamaTransformer(nn.Module):
             "weights_bytes": weights.stat().st_size,
         }
         text = json.dumps(meta, indent=2) + "\n"
-        _atomic_write(path / SAMA_CONFIG_NAME, lambda tmp: Path(tmp).write_text(text))
+        atomic_write_text(path / SAMA_CONFIG_NAME, text)
         return path
 
     # ------------------------------------------------------------------------ switches
@@ -553,17 +554,3 @@ def _is_diffusers_wan_dir(path: Path) -> bool:
         return json.loads(config.read_text()).get("_class_name") == "WanTransformer3DModel"
     except json.JSONDecodeError:
         return False
-
-
-def _atomic_write(target: Path, write: Callable[[str], object]) -> None:
-    """Call ``write(tmp_path)`` then move the finished file onto ``target``."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
