@@ -3,24 +3,32 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch.distributed as dist
 
+from sama.files import atomic_write_text
+
 __all__ = ["BrokenFileReport"]
 
 logger = logging.getLogger(__name__)
+
+# broken files listed on the console (all of them go to the file)
+_SHOWN = 50
 
 
 class BrokenFileReport(pl.Callback):
     """Aggregates ``batch["skipped"]`` (``[path, reason]`` pairs) over training and validation.
 
-    At the end of every training epoch and of training, when new broken files were seen, it
-    logs them and writes ``broken_files.txt`` (``path<TAB>times skipped<TAB>reason`` per line)
-    to the trainer's log dir (``default_root_dir`` without a logger). Under DDP the ranks'
-    lists are gathered and rank 0 writes the file.
+    At the end of every training epoch, when new broken files were seen, it logs them and
+    writes ``broken_files.txt`` (``path<TAB>times skipped<TAB>reason`` per line)
+    to the trainer's log dir (``default_root_dir`` without a logger). At the end of a fit
+    (finished or interrupted) it prints the whole summary to stderr if any file was skipped.
+    Under DDP the ranks' lists are gathered and rank 0 writes the file. ``SamaCLI`` adds one
+    to every trainer unless the config already has one.
 
     Attributes:
         broken: path -> ``(reason, times skipped)`` seen by this rank.
@@ -70,26 +78,48 @@ class BrokenFileReport(pl.Callback):
                 merged[path] = (reason, merged.get(path, (reason, 0))[1] + count)
         return merged
 
-    def report(self, trainer: pl.Trainer) -> Path | None:
-        """Log the broken files and write the list; returns the file written (rank 0), if any."""
-        broken = self._gathered()
-        if len(broken) == self._reported or not trainer.is_global_zero:
+    def report(self, trainer: pl.Trainer, final: bool = False, gather: bool = True) -> Path | None:
+        """Log the broken files and write the list; returns the file written (rank 0), if any.
+
+        ``final`` (the end of a fit, also an interrupted one): print the whole summary to
+        stderr whenever any file was skipped, even if an epoch end already listed them.
+        ``gather=False`` reports this rank's list only (after an exception other ranks may
+        never reach the gather).
+        """
+        broken = self._gathered() if gather else dict(self.broken)
+        if (len(broken) == self._reported and not (final and broken)) or not trainer.is_global_zero:
             self._reported = len(broken)
             return None
         self._reported = len(broken)
         lines = [f"{path}\t{count}\t{reason}" for path, (reason, count) in sorted(broken.items())]
-        logger.warning("%d broken file(s) skipped so far:\n%s", len(broken), "\n".join(lines[:50]))
         folder = Path(trainer.log_dir or trainer.default_root_dir)
-        folder.mkdir(parents=True, exist_ok=True)
         target = folder / self.filename
-        target.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        atomic_write_text(target, "\n".join(lines) + "\n")
+        if final:
+            shown = "\n".join(f"  {line}" for line in lines[:_SHOWN])
+            more = f"\n  ... and {len(lines) - _SHOWN} more" if len(lines) > _SHOWN else ""
+            print(
+                f"broken files: {len(broken)} file(s) could not be read and were skipped "
+                f"(path, times skipped, reason; full list in {target}):\n{shown}{more}",
+                file=sys.stderr,
+                flush=True,
+            )
+        else:
+            logger.warning(
+                "%d broken file(s) skipped so far:\n%s", len(broken), "\n".join(lines[:_SHOWN])
+            )
         return target
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.report(trainer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.report(trainer)
+        self.report(trainer, final=True)
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self.report(trainer, final=True, gather=False)
 
     def state_dict(self) -> dict[str, Any]:
         return {"broken": {path: list(value) for path, value in self.broken.items()}}

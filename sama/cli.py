@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import pickle
 import sys
 import tempfile
 from collections.abc import Callable
@@ -17,11 +18,14 @@ from pathlib import Path
 
 from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch import LightningDataModule, Trainer
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 import tasks  # noqa: F401  (built-in task classes: short class names resolve in YAML)
 from callbacks.progress import step_counting
+from sama.checkpoint_io import CheckpointError, load_checkpoint_file
 from sama.module import SamaModule
+from sama.run_dir import RunDirError, move_outputs_to_root, prepare_fit, trainer_extras
 from tasks.base import available_tasks
 
 __all__ = ["SamaCLI", "EXTRA_COMMANDS", "main", "tasks_main"]
@@ -33,14 +37,27 @@ class _HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter)
     """jsonargparse's help, keeping the epilog's line breaks (the extra-command table)."""
 
 
+def _run_seed(seed: object) -> int:
+    """``seed_everything`` as the one seed of a run (the module's and the datamodule's too)."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(
+            f"seed_everything must be an integer (it also seeds the model and the data), got {seed!r}"
+        )
+    return seed
+
+
 class SamaCLI(LightningCLI):
     """LightningCLI with :class:`~sama.module.SamaModule` and any ``LightningDataModule``
-    (``data.class_path: datamodules.streams.SamaDataModule``)."""
+    (``data.class_path: datamodules.streams.SamaDataModule``).
+
+    One seed: ``seed_everything`` (default 0) is also ``model.seed`` and ``data.init_args.seed``;
+    those two are derived, never set on their own (``--model.seed`` is refused)."""
 
     def __init__(self, args: list[str] | None = None, **kwargs: object) -> None:
         available_tasks()  # import third-party tasks (entry points) so YAML can name them
         importlib.import_module("datamodules")
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("seed_everything_default", 0)  # an integer: it derives the other seeds
         kwargs.setdefault(
             "parser_kwargs", {"epilog": _extra_help(), "formatter_class": _HelpFormatter}
         )
@@ -53,11 +70,38 @@ class SamaCLI(LightningCLI):
             **kwargs,
         )
 
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """``seed_everything`` -> ``model.seed`` and ``data.init_args.seed`` (see the class)."""
+        parser.link_arguments("seed_everything", "model.seed", compute_fn=_run_seed)
+        parser.link_arguments("seed_everything", "data.init_args.seed", compute_fn=_run_seed)
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning reads ``--ckpt_path``'s hyperparameters (weights only); a refused or corrupt
+        file is one line naming it (:func:`sama.checkpoint_io.load_checkpoint_file`)."""
+        try:
+            super()._parse_ckpt_path()
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
+            ckpt = self.config[self.config.subcommand].get("ckpt_path")
+            load_checkpoint_file(ckpt, what="--ckpt_path")  # raises the one-line error
+            raise error
+
+    def before_instantiate_classes(self) -> None:
+        if self.subcommand == "fit":  # --trainer.default_root_dir moves all of a run's outputs
+            move_outputs_to_root(self.config["fit"]["trainer"])
+
+    def before_fit(self) -> None:
+        """One run per folder: lock the run directory, refuse to mix with an earlier run."""
+        prepare_fit(self.trainer, self.config_init["fit"].get("ckpt_path"), sys.argv[1:])
+
     def instantiate_trainer(self, **kwargs: object) -> Trainer:
-        """Lightning's trainer, with a step-counting bar in place of its default progress bar."""
-        configured = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
+        """Lightning's trainer, with a step-counting bar in place of its default progress bar,
+        the trusted atomic checkpoint IO, the broken-file report and (``fit``) the preemption
+        checkpoint (:func:`sama.run_dir.trainer_extras`)."""
+        trainer_config = self._get(self.config_init, "trainer", default={})
+        configured = trainer_config.get("callbacks") or []
         # a copy: the Trainer appends its default bar to the very list the config holds
         configured = list(configured) if isinstance(configured, list) else [configured]
+        kwargs = {**trainer_extras(trainer_config, self.subcommand), **kwargs}
         trainer = super().instantiate_trainer(**kwargs)
         bar = trainer.progress_bar_callback
         if bar is not None and not any(bar is callback for callback in configured):
@@ -107,6 +151,10 @@ EXTRA_COMMANDS: dict[str, tuple[Command, str]] = {
     "benchmark": (
         _lazy("sama.evaluation.scorer", "benchmark_main"),
         "Score another editor's outputs: benchmark score --manifest --predictions --output.",
+    ),
+    "plan": (
+        _lazy("sama.plan.cli", "plan_main"),
+        "Memory, FLOPs and fit of a run: plan --config CFG [--devices N] [--gpu-memory 80GiB].",
     ),
 }
 
@@ -182,10 +230,9 @@ def _model_from_checkpoint(args: list[str], workdir: str) -> list[str]:
         return _model_from_export(args, Path(ckpt), workdir)
     if not ckpt or not Path(ckpt).is_file():
         return args
-    import torch
     import yaml
 
-    hparams = torch.load(ckpt, weights_only=True, map_location="cpu").get("hyper_parameters")
+    hparams = load_checkpoint_file(ckpt, what="--ckpt_path").get("hyper_parameters")
     if not hparams or "codec" not in hparams:
         return args
     model = {k: v for k, v in hparams.items() if not k.startswith("_")}
@@ -203,11 +250,16 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="sama-cli-") as workdir:
         # LightningCLI reads sys.argv; give it exactly the arguments meant for it
         saved = sys.argv
-        sys.argv = [saved[0] if saved else "sama", *_model_from_checkpoint(args, workdir)]
         # evaluation runs record their settings in results.json; only fit saves config.yaml
         kwargs = {} if args and args[0] == "fit" else {"save_config_callback": None}
         try:
+            sys.argv = [saved[0] if saved else "sama", *_model_from_checkpoint(args, workdir)]
             SamaCLI(**kwargs)
+        except (CheckpointError, RunDirError) as error:
+            print(f"sama {args[0] if args else ''}: error: {error}", file=sys.stderr)
+            return 2
+        except SIGTERMException as stop:  # preempted: never report a finished run
+            return stop.code if isinstance(stop.code, int) and stop.code else 128 + 15
         finally:
             sys.argv = saved
     return 0

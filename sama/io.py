@@ -128,6 +128,10 @@ def _decoded(
         raise VideoReadError(path, f"decoding failed ({_reason(error)})") from error
 
 
+class _Unseekable(Exception):
+    """The container refused to seek; read it by decoding forward from frame 0."""
+
+
 def _numbered_frames(
     container: av.container.InputContainer,
     stream: av.VideoStream,
@@ -142,7 +146,7 @@ def _numbered_frames(
     ones are counted (exact for constant frame rate). Returns ``None`` when the seek landed
     after ``target`` (with B-frames a keyframe's decode time can precede its presentation
     time), or found no frame or no timestamp: the caller retries from further back, and at
-    worst decodes from frame 0.
+    worst decodes from frame 0. Raises :class:`_Unseekable` when the container cannot seek.
     """
     if target == 0:
         return enumerate(_decoded(container, stream, path))
@@ -152,8 +156,9 @@ def _numbered_frames(
     seek_pts = origin + math.floor((target - Fraction(1, 2)) / (rate * time_base))
     try:
         container.seek(max(seek_pts, origin), stream=stream, backward=True, any_frame=False)
-    except av.error.FFmpegError as error:
-        raise VideoReadError(path, f"seek failed ({_reason(error)})") from error
+    except (av.error.FFmpegError, OSError) as error:
+        # SWF and some raw / streamed containers cannot seek: the caller decodes forward
+        raise _Unseekable(_reason(error)) from error
     frames = _decoded(container, stream, path)
     first = next(frames, None)
     if first is None or first.pts is None:
@@ -198,7 +203,8 @@ def read_video(
             plan the window with :func:`probe_video` and :func:`snap_frames`.
         start: index of the first frame. For ``start > 0`` the reader seeks to the keyframe at
             or before it and decodes forward, so reading a short window from the middle of a
-            long file costs one GOP, not the whole prefix. Frame ``i`` is the frame presented
+            long file costs one GOP, not the whole prefix; a container that cannot seek (SWF,
+            ...) is decoded forward from its first frame instead. Frame ``i`` is the frame presented
             at ``i / fps`` seconds after the stream start: the ``i``-th frame for constant
             frame rate files, approximate for variable frame rate ones.
         stride: keep every ``stride``-th frame.
@@ -231,7 +237,11 @@ def read_video(
         container, stream = _open_video(file)
         with container:
             fps = _frame_rate(stream, file)
-            numbered = _numbered_frames(container, stream, file, target, fps)
+            try:
+                numbered = _numbered_frames(container, stream, file, target, fps)
+            except _Unseekable:
+                target = 0  # the container cannot seek: decode forward from the start
+                continue
             if numbered is not None:
                 kept: list[np.ndarray] = []
                 seen = 0

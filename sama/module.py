@@ -16,7 +16,6 @@ module; the encoders are shared by reference, not copied).
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import math
 import os
@@ -32,42 +31,29 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sama.encoders import SemanticEncoder, TextEncoder, VideoCodec
+from sama.export import ENCODER_KEYS, Encoders, inference_from_hparams, write_export
 from sama.flow import (
-    COND_FULL,
-    COND_NO_SOURCE,
-    FlowSampler,
     add_noise,
     masked_mse,
     sample_timesteps,
     to_wan_timestep,
     velocity_target,
 )
+from sama.latent_cache import CachedCodec, CachedTextEncoder, LatentCache
+from sama.lora import LoraExport, LoraSettings, apply_lora, load_base_weights
 from sama.model import SamaTransformer
-from tasks.base import EditSample, Task, _import_object
+from sama.pipeline import EditPipeline
+from sama.seeds import stable_seed
+from tasks.base import EditSample, Task
 from tasks.sampler import TaskSampler
 
 __all__ = [
     "SamaModule",
     "Encoded",
-    "Encoders",
-    "ENCODERS_FILE",
-    "load_encoders",
     "latent_loss_mask",
 ]
 
-ENCODERS_FILE = "encoders.json"
-_ENCODER_KEYS = ("codec", "text_encoder", "semantic_encoder")
-_OBJECT_KEYS = (*_ENCODER_KEYS, "tasks")
-#: Negative prompt of the released inference code.
-NEGATIVE_PROMPT = "[Video edit]"
-
-
-class Encoders(NamedTuple):
-    """The frozen encoders a pipeline needs next to the transformer."""
-
-    codec: VideoCodec
-    text: TextEncoder
-    semantic: SemanticEncoder
+_OBJECT_KEYS = (*ENCODER_KEYS, "tasks")
 
 
 class Encoded(NamedTuple):
@@ -134,47 +120,6 @@ def latent_loss_mask(mask: Tensor, codec: VideoCodec) -> Tensor:
     return F.avg_pool3d(grouped, kernel_size=(tf, sf, sf), stride=(tf, sf, sf))
 
 
-def describe(obj: Any, spec: Any = None) -> dict[str, Any]:
-    """``{"class_path", "init_args"}`` that rebuilds ``obj``.
-
-    ``spec`` (the parsed config a CLI run saved, already in that form) wins; otherwise the init
-    arguments are read back from attributes of the same names. Raises when any init argument
-    is not such an attribute (e.g. ``WanVAECodec(path=...)``): a guessed default would rebuild
-    a different encoder.
-    """
-    if isinstance(spec, Mapping) and "class_path" in spec:
-        return {"class_path": spec["class_path"], "init_args": dict(spec.get("init_args", {}))}
-    cls = type(obj)
-    init_args: dict[str, Any] = {}
-    for name, param in inspect.signature(cls.__init__).parameters.items():
-        if name == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-            continue
-        if not hasattr(obj, name):
-            raise ValueError(
-                f"cannot describe {cls.__qualname__} for export: its init argument {name!r} is not "
-                "an attribute; build the module from a config (sama fit / SamaModule.from_config)"
-            )
-        init_args[name] = getattr(obj, name)
-    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args}
-
-
-def load_encoders(export_dir: str | os.PathLike[str]) -> Encoders:
-    """Rebuild the frozen encoders from the ``encoders.json`` written by :meth:`SamaModule.export`."""
-    path = Path(export_dir) / ENCODERS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: no encoder description; export the model with SamaModule.export"
-        )
-    specs = json.loads(path.read_text())
-    built = []
-    for key in _ENCODER_KEYS:
-        if key not in specs:
-            raise KeyError(f"{path}: field {key!r} is missing")
-        spec = specs[key]
-        built.append(_import_object(spec["class_path"])(**spec.get("init_args", {})))
-    return Encoders(*built)
-
-
 class SamaModule(pl.LightningModule):
     """Trains :class:`~sama.model.SamaTransformer` on a weighted mix of :class:`~tasks.base.Task`.
 
@@ -206,9 +151,17 @@ class SamaModule(pl.LightningModule):
         sample_steps / sample_shift / guidance_scale: the flow sampler of ``predict`` (the
             released inference: 50 steps, shift 5, CFG 5 against the negative prompt
             ``"[Video edit]"``).
-        cache_dir: a :class:`~datamodules.cache.LatentCache` folder; codec latents and text
-            states are then read from / written to it, keyed by content hash and encoder
-            identity (the same losses, fewer encoder calls; flushed at validation and train end).
+        cache_dir: a :class:`~sama.latent_cache.LatentCache` folder; codec latents of targets
+            and reusable sources (``EditSample.source_reusable``: edit pairs, deterministic
+            corruptions) and text states are then read from / written to it, keyed by content
+            hash and encoder identity (the same losses, fewer encoder calls; flushed at
+            validation and train end). Sources corrupted at random each step are encoded with
+            the plain codec and never stored.
+        lora: ``{rank, alpha, dropout, target_modules}`` (see :class:`~sama.lora.LoraSettings`)
+            to train peft LoRA adapters on the Wan blocks instead of the full backbone (SAMA's
+            own modules stay fully trainable); ``None`` = full fine-tuning. Checkpoints then hold
+            the trainable weights only: the base comes from ``pretrained`` / ``init_from``
+            again on load. ``export`` writes merged weights plus a peft adapter folder.
     """
 
     def __init__(
@@ -236,6 +189,7 @@ class SamaModule(pl.LightningModule):
         sample_shift: float = 5.0,
         guidance_scale: float = 5.0,
         cache_dir: str | None = None,
+        lora: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         with warnings.catch_warnings():
@@ -267,8 +221,6 @@ class SamaModule(pl.LightningModule):
         self._latent_cache = None
         compute = Encoders(codec, text_encoder, semantic_encoder)
         if cache_dir is not None:
-            from datamodules.cache import CachedCodec, CachedTextEncoder, LatentCache
-
             self._latent_cache = LatentCache(cache_dir)
             compute = Encoders(
                 CachedCodec(codec, self._latent_cache),
@@ -305,11 +257,16 @@ class SamaModule(pl.LightningModule):
             raise ValueError(f"SamaModule: min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
         self.lr_schedule = lr_schedule
         self.min_lr_ratio = min_lr_ratio
-        self.sampler = FlowSampler(sample_steps, sample_shift)
+        self.sample_steps = sample_steps
+        self.sample_shift = sample_shift
         self.guidance_scale = guidance_scale
 
         self.model = self._build_model(model, pretrained, semantic_encoder.dim)
         self._check_sizes(codec, text_encoder)
+        self.lora_settings = LoraSettings.parse(lora)
+        self._lora_base_loaded = False
+        if self.lora_settings is not None:
+            apply_lora(self.model, self.lora_settings)
         if gradient_checkpointing:
             self.model.enable_gradient_checkpointing()
         if semantic_weight == 0:
@@ -400,8 +357,9 @@ class SamaModule(pl.LightningModule):
     def setup(self, stage: str) -> None:
         if stage != "fit" or self.init_from is None:
             return
-        if self._trainer is not None and self.trainer.ckpt_path is not None:
-            return  # resuming: the checkpoint has the weights
+        resuming = self._trainer is not None and self.trainer.ckpt_path is not None
+        if resuming and self.lora_settings is None:
+            return  # resuming: the checkpoint has the weights (a LoRA one has no base weights)
         self.load_weights(self.init_from)
 
     def load_weights(self, source: str | os.PathLike[str]) -> None:
@@ -410,7 +368,9 @@ class SamaModule(pl.LightningModule):
         if path.is_dir():
             state = SamaTransformer.from_pretrained(path).state_dict()
         elif path.is_file():
-            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+            from sama.checkpoint_io import load_checkpoint_file
+
+            checkpoint = load_checkpoint_file(path, what="init_from")
             if "state_dict" not in checkpoint:
                 raise ValueError(f"init_from {path}: not a Lightning checkpoint (no 'state_dict')")
             state = {
@@ -423,6 +383,10 @@ class SamaModule(pl.LightningModule):
                 f"init_from {path}: no such checkpoint file or export directory; train stage 0 "
                 "first or fix model.init_from"
             )
+        if self.lora_settings is not None:
+            load_base_weights(self.model, state, f"init_from {path}")
+            self._lora_base_loaded = True
+            return
         try:
             self.model.load_state_dict(state, strict=True)
         except RuntimeError as error:
@@ -436,6 +400,9 @@ class SamaModule(pl.LightningModule):
         ``wan_config`` replaces ``pretrained`` (``load_from_checkpoint`` never re-reads the
         pretrained directory; the weights come from the checkpoint anyway)."""
         checkpoint["sama_task_counts"] = dict(self.task_counts)
+        if self.lora_settings is not None:
+            self._lora_filter_checkpoint(checkpoint)
+            return  # the base is re-read from pretrained / init_from: keep them
         hparams = checkpoint.get("hyper_parameters")
         if isinstance(hparams, dict) and hparams.get("pretrained") is not None:
             model = dict(hparams.get("model") or {})
@@ -449,6 +416,50 @@ class SamaModule(pl.LightningModule):
         for key in _OBJECT_KEYS:
             if key not in self.hparams and _is_spec(saved.get(key)):
                 self.hparams[key] = saved[key]
+        if self.lora_settings is not None:
+            self._lora_complete_checkpoint(checkpoint)
+
+    # ------------------------------------------------------------------------- LoRA
+    def _lora_filter_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep only the trainable weights (LoRA matrices + SAMA modules) in the checkpoint's
+        ``state_dict`` (and ``current_model_state`` of an EMA callback); record the settings."""
+        keep = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
+        for field in ("state_dict", "current_model_state"):
+            state = checkpoint.get(field)
+            if isinstance(state, dict):
+                checkpoint[field] = {
+                    k: v for k, v in state.items() if k in keep or not k.startswith("model.")
+                }
+        checkpoint["sama_lora"] = self.lora_settings.to_dict()
+
+    def _lora_complete_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Fill the frozen base weights a LoRA checkpoint leaves out from this module (built
+        from ``pretrained``, plus ``init_from`` when set), so strict loading works."""
+        if not isinstance(checkpoint.get("state_dict"), dict):
+            return  # a sharded checkpoint: the strategy loads the tensors itself
+        saved = checkpoint.get("sama_lora")
+        if saved is not None and LoraSettings.parse(saved) != self.lora_settings:
+            raise ValueError(
+                f"checkpoint LoRA settings {saved} differ from this module's "
+                f"{self.lora_settings.to_dict()}; build the module with the same lora"
+            )
+        own = self.state_dict()
+        missing = [k for k in own if k not in checkpoint["state_dict"]]
+        if not missing:
+            return
+        if self.init_from is None and self.hparams.get("pretrained") is None:
+            raise ValueError(
+                "SamaModule: this LoRA checkpoint holds no base weights and the module has "
+                "neither pretrained nor init_from to read them from; set the run's base"
+            )
+        if self.init_from is not None and not self._lora_base_loaded:
+            self.load_weights(self.init_from)
+            own = self.state_dict()
+        for field in ("state_dict", "current_model_state"):
+            state = checkpoint.get(field)
+            if isinstance(state, dict):
+                for key in missing:
+                    state.setdefault(key, own[key])
 
     # ------------------------------------------------------------------------- steps
     def _step_generator(self, *parts: int) -> torch.Generator:
@@ -458,13 +469,16 @@ class SamaModule(pl.LightningModule):
 
     def encode(self, sample: EditSample) -> Encoded:
         """Run the frozen encoders on ``sample`` (no grad); the semantic encoder only when
-        ``semantic_weight > 0``."""
+        ``semantic_weight > 0``. With a latent cache, a source that is not
+        ``sample.source_reusable`` (drawn afresh each step) goes through the plain codec, so
+        the cache holds only what comes back: targets, reusable sources and texts."""
         codec, text_encoder, semantic_encoder = self._sync_encoders()
         with torch.no_grad():
             x1 = codec.encode(sample.target.to(self.device)).float()
             source = None
             if sample.source is not None:
-                source = codec.encode(sample.source.to(self.device)).float()
+                source_codec = codec if sample.source_reusable else self.encoders.codec
+                source = source_codec.encode(sample.source.to(self.device)).float()
             states, text_mask = text_encoder.encode(list(sample.instructions))
             semantic = None
             if self.semantic_weight > 0:
@@ -610,57 +624,30 @@ class SamaModule(pl.LightningModule):
         ``output_dir/predictions/<id>.mp4`` (ready for ``sama benchmark score``); the return
         value is ``{"id", "path"}``.
 
-        Latents and semantic tokens are denoised jointly by ``FlowSampler`` with classifier-free
-        guidance ``guidance_scale`` against the negative prompt ``"[Video edit]"`` (the source
-        stays in both branches). Noise comes from a generator seeded by
-        ``(seed, dataloader_idx, batch_idx)``. Returns ``{"video": (B, 3, T, H, W) in [-1, 1],
-        "instructions": [...], "task": name}``.
+        A task batch is edited by :class:`~sama.pipeline.EditPipeline` (the one sampling path):
+        ``task.prepare`` (its randomness from a generator seeded by ``(seed, -2,
+        dataloader_idx, batch_idx)``) gives the source and prompts, and
+        :meth:`EditPipeline.edit_tensor` samples the target's shape with the module's sampler
+        settings (``sample_steps``, ``guidance_scale`` against the negative prompt
+        ``"[Video edit]"``, ``sample_shift``) and the noise seed
+        ``sama.seeds.stable_seed(seed, dataloader_idx, batch_idx)``. Returns
+        ``{"video": (B, 3, T, H, W) in [-1, 1], "instructions": [...], "task": name}``.
         """
         from datamodules.eval_sets import EvalItem
 
         if isinstance(batch, EvalItem):
             return self._predict_benchmark_item(batch)
         task = self._task_of(batch)
-        generator = self._step_generator(-2, dataloader_idx, batch_idx)
-        sample = task.prepare(batch, generator)
-        codec, text_encoder, semantic_encoder = self._sync_encoders()
-        shape = tuple(codec.encode(sample.target.to(self.device)).shape)
-        source = None if sample.source is None else codec.encode(sample.source.to(self.device))
-        size = shape[0]
-        prompts = {
-            COND_FULL: text_encoder.encode(list(sample.instructions)),
-            COND_NO_SOURCE: text_encoder.encode([NEGATIVE_PROMPT] * size),
-        }
-        semantic_shape = None
-        if self.semantic_weight > 0:
-            tokens = sample.anchors.shape[1] * semantic_encoder.tokens_per_frame
-            semantic_shape = (size, tokens, semantic_encoder.dim)
-
-        def model_fn(x_t: Tensor, sem_t: Tensor | None, timestep: Tensor, cond: str) -> tuple:
-            states, mask = prompts[COND_FULL if cond == COND_FULL else COND_NO_SOURCE]
-            out = self.model(
-                x_t,
-                timestep,
-                states.to(self.device),
-                source_latents=None if cond == COND_NO_SOURCE else source,
-                semantic_tokens=sem_t,
-                text_mask=mask.to(self.device),
-            )
-            return out.velocity, out.semantic
-
-        latents, _ = self.sampler.sample(
-            model_fn,
-            shape,
-            semantic_shape,
-            text_scale=self.guidance_scale,
-            generator=generator,
-            device=self.device,
+        sample = task.prepare(batch, self._step_generator(-2, dataloader_idx, batch_idx))
+        pipeline = EditPipeline.from_module(self, device=self.device)
+        settings = pipeline.settings.updated(seed=stable_seed(self.seed, dataloader_idx, batch_idx))
+        video = pipeline.edit_tensor(
+            sample.source,
+            sample.instructions,
+            settings,
+            output_shape=tuple(sample.target.shape[2:]),
         )
-        return {
-            "video": codec.decode(latents),
-            "instructions": sample.instructions,
-            "task": task.name,
-        }
+        return {"video": video, "instructions": sample.instructions, "task": task.name}
 
     def _task_of(self, batch: Mapping[str, Any]) -> Task:
         name = batch.get("task")
@@ -698,7 +685,6 @@ class SamaModule(pl.LightningModule):
     # ------------------------------------------------------------------------- export
     def _predict_benchmark_item(self, item: Any) -> dict[str, Any]:
         from sama.io import write_video
-        from sama.pipeline import EditPipeline
 
         datamodule = self.trainer.datamodule
         pipeline = EditPipeline.from_module(self, device=self.device)
@@ -716,25 +702,26 @@ class SamaModule(pl.LightningModule):
         write_video(path, result.video, result.fps)
         return {"id": item.id, "path": str(path)}
 
-    def export(self, directory: str | os.PathLike[str]) -> Path:
-        """Write the transformer (``save_pretrained``) and ``encoders.json`` (class path + init
-        args of the codec, text and semantic encoders) into ``directory``.
+    def export(
+        self, directory: str | os.PathLike[str], extra_files: Mapping[str, str] | None = None
+    ) -> Path:
+        """Write an export of this module into ``directory`` (see :mod:`sama.export`): the
+        transformer, ``encoders.json`` (the encoders' class paths + init args and the inference
+        description: anchor frames, semantic tokens per frame, prompts, sampler defaults),
+        ``extra_files`` and ``SHA256SUMS``; written beside it and renamed into place.
 
-        Rebuild with ``SamaTransformer.from_pretrained(directory)`` and
-        :func:`load_encoders` ``(directory)``.
+        Rebuild with ``EditPipeline.from_export(directory)`` or ``sama.export.read_export``.
         """
-        path = self.model.save_pretrained(directory)
-        specs = {
-            key: describe(encoder, self.hparams.get(key))
-            for key, encoder in zip(_ENCODER_KEYS, self.encoders, strict=True)
-        }
-        specs["identity"] = {
-            key: enc.identity for key, enc in zip(_ENCODER_KEYS, self.encoders, strict=True)
-        }
-        # semantic tokens the pipeline samples jointly with the video (0: trained without SA)
-        specs["anchor_frames"] = self.anchor_frames if self.semantic_weight > 0 else 0
-        (path / ENCODERS_FILE).write_text(json.dumps(specs, indent=2, default=str) + "\n")
-        return path
+        inference = inference_from_hparams(self.hparams, self.encoders.semantic.tokens_per_frame)
+        specs = {key: self.hparams.get(key) for key in ENCODER_KEYS}
+        return write_export(
+            directory,
+            self.model if self.lora_settings is None else LoraExport(self.model),
+            self.encoders,
+            inference,
+            specs=specs,
+            extra_files=extra_files,
+        )
 
 
 def _is_spec(value: Any) -> bool:

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
+from sama.checkpoint_io import CheckpointError, load_checkpoint_file
 
 __all__ = ["main"]
 
@@ -35,7 +35,7 @@ def steps_done(ckpt: Path) -> int:
     """Optimizer steps recorded in a Lightning checkpoint (0 when it does not exist)."""
     if not ckpt.exists():
         return 0
-    return int(torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"])
+    return int(load_checkpoint_file(ckpt, what="checkpoint")["global_step"])
 
 
 def _seconds(duration: str) -> float:
@@ -52,7 +52,7 @@ def _chunk_limit(ckpt: Path, chunk: str) -> str:
     state, so a chunk of ``chunk`` after a resume needs that time added to the limit."""
     elapsed = 0.0
     if ckpt.exists():
-        state = torch.load(ckpt, map_location="cpu", weights_only=False).get("callbacks", {})
+        state = load_checkpoint_file(ckpt, what="checkpoint").get("callbacks", {})
         elapsed = float(state.get("Timer", {}).get("time_elapsed", {}).get("train", 0.0))
     total = int(elapsed + _seconds(chunk))
     days, rest = divmod(total, 86400)
@@ -90,17 +90,14 @@ def training_seconds(log_dir: Path, max_gap: float = 600.0) -> float:
 
 
 def _export(run: Path, out: Path, wall: dict[str, float]) -> None:
-    from sama.evaluation.report import sha256_file
+    """Export stage 1's ``last.ckpt`` to ``out`` with a ``summary.json`` (checksummed with the
+    rest; ``SamaModule.export`` writes beside ``out`` and renames, replacing an old export)."""
     from sama.module import SamaModule
 
     ckpt = run / "sft" / "checkpoints" / "last.ckpt"
     if not ckpt.exists():
         raise SystemExit(f"train-tiny: {ckpt} does not exist; train stage 1 first")
-    module = SamaModule.load_from_checkpoint(str(ckpt), map_location="cpu")
-    tmp = out.with_name(out.name + ".tmp")
-    module.export(tmp)
-    sums = "".join(f"{sha256_file(p)}  {p.name}\n" for p in sorted(tmp.iterdir()) if p.is_file())
-    (tmp / "SHA256SUMS").write_text(sums)
+    module = SamaModule.load_from_checkpoint(str(ckpt), map_location="cpu", weights_only=True)
     steps = {stage: steps_done(run / stage / "checkpoints" / "last.ckpt") for stage, _ in STAGES}
     targets = {stage: _max_steps(config) for stage, config in STAGES}
     summary = {
@@ -117,12 +114,7 @@ def _export(run: Path, out: Path, wall: dict[str, float]) -> None:
         "last_logged": _last_scalars(run / "sft"),
         "parameters": sum(p.numel() for p in module.model.parameters()),
     }
-    (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    if out.exists():
-        import shutil
-
-        shutil.rmtree(out)
-    tmp.rename(out)
+    module.export(out, extra_files={"summary.json": json.dumps(summary, indent=2) + "\n"})
     state = "final" if summary["complete"] else f"interim ({steps['sft']}/{targets['sft']} steps)"
     print(f"exported the tiny editor ({state}) to {out}")
 
@@ -141,6 +133,14 @@ def _last_scalars(log_dir: Path) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except CheckpointError as error:
+        print(f"train-tiny: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sama.train_tiny", description=__doc__)
     parser.add_argument("--run", default="runs/tiny-editor", help="run folder")
     parser.add_argument("--out", default="weights/tiny-editor", help="export folder")
@@ -160,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     for stage, config in STAGES:
         ckpt = run / stage / "checkpoints" / "last.ckpt"
+        done = steps_done(ckpt)  # first: a refused checkpoint stops before anything else
         target = _max_steps(config)
-        done = steps_done(ckpt)
         if done >= target:
             print(f"{stage}: finished ({done} steps)")
             continue
@@ -173,8 +173,9 @@ def main(argv: list[str] | None = None) -> int:
             f"--config={config}",
             f"--trainer.logger.init_args.save_dir={run}",
         ]
-        if ckpt.exists():
-            command.append(f"--ckpt_path={ckpt}")
+        # "last" without a checkpoint starts the stage, also in a folder left by a chunk
+        # killed before its first checkpoint (sama fit refuses other re-runs into a run folder)
+        command.append(f"--ckpt_path={ckpt}" if ckpt.exists() else "--ckpt_path=last")
         if args.max_time:
             limit = _chunk_limit(ckpt, args.max_time)
             command.append(f"--trainer.max_time={limit}")

@@ -1,10 +1,13 @@
 """Training tasks (objectives) for SAMA: pretext corruptions, reconstruction, edit pairs.
 
-Every task is a :class:`~tasks.base.Task`; ``available_tasks()`` lists the built-ins and the
-tasks other packages publish through the ``sama.tasks`` entry-point group.
+Every task is a :class:`~tasks.base.Task` (a clip-stream pretext task a
+:class:`~tasks.base.ClipCorruptionTask`, which writes only its corruption); ``available_tasks()``
+lists the built-ins (every public module of this package) and the tasks other packages publish
+through the ``sama.tasks`` entry-point group.
 """
 
 from tasks.base import (
+    ClipCorruptionTask,
     EditSample,
     Task,
     TaskInfo,
@@ -25,6 +28,7 @@ from tasks.tube_shuffle import TubeShuffle, tube_shuffle, tube_unshuffle
 __all__ = [
     "EDIT_PREFIX",
     "PRETRAIN_MIX",
+    "ClipCorruptionTask",
     "CubeInpainting",
     "EditSample",
     "InstructionEditing",

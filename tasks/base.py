@@ -5,15 +5,23 @@ anchor frames, optional loss mask). Every objective of SAMA is a task: the Motio
 pretext corruptions, semantic anchoring on image pairs, supervised instruction editing. The
 module trains all of them with the same flow-matching (+ semantic) loss.
 
-Registry: built-in tasks register with :func:`register_task`; other distributions publish
-tasks through the entry-point group ``sama.tasks`` (``name = "package.module:TaskClass"``).
-:func:`available_tasks` lists both, :func:`build_task` builds one by name or class path.
+A clip-stream pretext task subclasses :class:`ClipCorruptionTask` and writes only its
+corruption (:meth:`ClipCorruptionTask.corrupt`) and its class attributes; the batch checks, the
+instruction, the anchor frames and the :class:`EditSample` assembly live here, in
+:meth:`ClipCorruptionTask.prepare` and :meth:`Task.make_sample`.
+
+Registry: built-in tasks register with :func:`register_task` (every public module of the
+``tasks`` package is imported by :func:`available_tasks`, so a new built-in is one file);
+other distributions publish tasks through the entry-point group ``sama.tasks``
+(``name = "package.module:TaskClass"``). :func:`available_tasks` lists both,
+:func:`build_task` builds one by name or class path.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import pkgutil
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -26,6 +34,7 @@ __all__ = [
     "BUILTIN_ORIGIN",
     "ENTRY_POINT_GROUP",
     "STREAMS",
+    "ClipCorruptionTask",
     "EditSample",
     "Task",
     "TaskInfo",
@@ -56,6 +65,11 @@ class EditSample:
             = counts more, e.g. ``edit_region_weight``; the loss is their weighted mean), or ``None``
             (the whole target counts).
         is_image: True for image pairs (1-frame targets).
+        source_reusable: True when ``source`` is the batch's own video (a pair's source, the
+            clip itself) or a deterministic function of it, i.e. the same tensor every time the
+            item comes back, so its latents are worth caching; False (the default) for a source
+            drawn afresh each step (a random corruption): the module then encodes it with the
+            plain codec and never stores it in the latent cache.
     """
 
     source: Tensor | None
@@ -64,6 +78,7 @@ class EditSample:
     anchors: Tensor
     loss_mask: Tensor | None = None
     is_image: bool = False
+    source_reusable: bool = False
 
     def __post_init__(self) -> None:
         target = self.target
@@ -149,8 +164,10 @@ def _import_object(path: str) -> Any:
 class Task(ABC):
     """Base class of a training objective.
 
-    Subclasses set the class attributes and implement :meth:`prepare`; their constructor
-    arguments are the options YAML can set, ``weight`` always among them.
+    Subclasses set the class attributes and implement :meth:`prepare` (clip-stream tasks:
+    subclass :class:`ClipCorruptionTask` and implement ``corrupt`` instead); their constructor
+    arguments are the options YAML can set, ``weight`` always among them. :meth:`make_sample`
+    assembles the :class:`EditSample` (anchors, ``is_image``) for a ``prepare`` of your own.
 
     Class attributes:
         name: unique registry name, also the key in logs (``train/<name>/fm_loss``).
@@ -160,6 +177,10 @@ class Task(ABC):
         instruction_token: the prompt token put in front of the task's text.
         description: one line for ``sama tasks``.
         corrupts_source: True when the source is a corrupted copy of the target (pretext).
+        deterministic: True when :meth:`prepare` draws nothing from its generator: the same
+            batch gives the same sample whatever the generator (e.g. a 2x speed-up, a time
+            reversal, an edit pair); False when the sample depends on the generator (a random
+            mask or permutation). The task contract test checks the claim either way.
 
     Instance attributes: ``weight`` (the sampling weight in use) and ``anchor_frames`` (anchor
     frames per sample, set by :class:`~sama.module.SamaModule` from its own option).
@@ -174,6 +195,7 @@ class Task(ABC):
     instruction_token: ClassVar[str] = ""
     description: ClassVar[str] = ""
     corrupts_source: ClassVar[bool] = False
+    deterministic: ClassVar[bool] = False
 
     def __init__(self, weight: float | None = None) -> None:
         what = type(self).__name__
@@ -197,8 +219,89 @@ class Task(ABC):
         """``anchor_frames`` anchors ``(B, N, 3, H, W)`` of ``target`` (see :func:`select_anchors`)."""
         return select_anchors(target, self.anchor_frames)
 
+    def make_sample(
+        self,
+        source: Tensor | None,
+        target: Tensor,
+        instructions: Iterable[str],
+        loss_mask: Tensor | None = None,
+        *,
+        source_reusable: bool,
+    ) -> EditSample:
+        """The :class:`EditSample` of one micro-batch, with the parts every task shares.
+
+        ``anchors`` are this task's ``anchor_frames`` frames of ``target`` (:meth:`anchors`),
+        ``is_image`` is True for a 1-frame target. Layouts: ``source`` ``(B, 3, Ts, H, W)`` or
+        ``None``, ``target`` ``(B, 3, T, H, W)``, both float32 in [-1, 1]; ``loss_mask``
+        ``(B, 1, T, H, W)`` or ``None``; ``source_reusable`` as in :class:`EditSample`.
+        """
+        return EditSample(
+            source=source,
+            target=target,
+            instructions=list(instructions),
+            anchors=self.anchors(target),
+            loss_mask=loss_mask,
+            is_image=target.ndim == 5 and target.shape[2] == 1,
+            source_reusable=source_reusable,
+        )
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, weight={self.weight:g})"
+
+
+class ClipCorruptionTask(Task):
+    """Base of a task on the ``clips`` stream: subclasses write only :meth:`corrupt`.
+
+    :meth:`prepare` checks the batch (``video`` ``(B, 3, T, H, W)`` float32 in [-1, 1],
+    ``caption``), calls :meth:`corrupt` for the source and loss mask, prefixes each caption with
+    ``instruction_token`` (:func:`with_token`), takes the target (the clip itself) and its anchor
+    frames, and marks the source reusable exactly when it is not a corruption
+    (``corrupts_source = False``) or the corruption is ``deterministic``.
+
+    Class attributes as :class:`Task`; here ``stream`` is ``"clips"`` and ``corrupts_source``
+    True by default, and a subclass says whether its corruption is ``deterministic``.
+    """
+
+    stream = "clips"
+    corrupts_source: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.stream != "clips":
+            raise TypeError(
+                f"{cls.__qualname__}: a ClipCorruptionTask reads the 'clips' stream, not "
+                f"{cls.stream!r}; subclass tasks.Task and write prepare() for other streams"
+            )
+
+    @abstractmethod
+    def corrupt(
+        self, video: Tensor, generator: torch.Generator
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """The source the model sees for ``video``, and the loss mask.
+
+        Args:
+            video: ``(B, 3, T, H, W)`` float32 in [-1, 1], the clips (also the target); never
+                modify it in place.
+            generator: draw every random choice from it (none when ``deterministic``).
+
+        Returns:
+            ``(source, loss_mask)``: ``source`` ``(B, 3, Ts, H, W)`` in [-1, 1] on ``video``'s
+            device (``Ts = 4k + 1``), or ``None`` for no source tokens; ``loss_mask``
+            ``(B, 1, T, H, W)`` weights >= 0, or ``None`` (the whole target counts).
+        """
+
+    def prepare(self, batch: Mapping[str, Any], generator: torch.Generator) -> EditSample:
+        """The :class:`EditSample` of a ``clips`` batch: ``corrupt(video) -> video``."""
+        require(batch, ("video", "caption"), self.name)
+        video = batch["video"]
+        source, loss_mask = self.corrupt(video, generator)
+        return self.make_sample(
+            source,
+            video,
+            with_token(self.instruction_token, batch["caption"]),
+            loss_mask,
+            source_reusable=not self.corrupts_source or self.deterministic,
+        )
 
 
 # ----------------------------------------------------------------------------- registry
@@ -247,6 +350,15 @@ def register_task(cls: type[Task]) -> type[Task]:
     return cls
 
 
+def _import_builtins() -> None:
+    """Import every public module of the ``tasks`` package (the built-ins register on import),
+    so a new built-in task is one file in ``tasks/`` and no other line."""
+    package = importlib.import_module("tasks")
+    for module in pkgutil.iter_modules(package.__path__):
+        if not module.name.startswith("_"):
+            importlib.import_module(f"{package.__name__}.{module.name}")
+
+
 def _load_plugins() -> None:
     global _plugins_loaded
     for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
@@ -269,8 +381,8 @@ def available_tasks(*, refresh: bool = False) -> dict[str, TaskInfo]:
     ``refresh=True`` (e.g. after a plugin was installed into a running process). Two classes
     with the same ``name`` raise a ``ValueError`` naming both origins.
     """
-    importlib.import_module("tasks")  # the built-ins register on import
     if refresh or not _plugins_loaded:
+        _import_builtins()
         _load_plugins()
     return dict(_REGISTERED)
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor
 
 from tasks._video import as_batch, randint
-from tasks.base import EditSample, Task, register_task, require, with_token
+from tasks.base import ClipCorruptionTask, register_task
 
 __all__ = ["CubeInpainting", "cube_inpaint"]
 
@@ -71,7 +70,7 @@ def cube_inpaint(
 
 
 @register_task
-class CubeInpainting(Task):
+class CubeInpainting(ClipCorruptionTask):
     """Source = the clip with a masked block (:func:`cube_inpaint`); target = the clip.
 
     Args:
@@ -83,11 +82,10 @@ class CubeInpainting(Task):
     """
 
     name = "cube_inpainting"
-    stream = "clips"
     default_weight = 2.0
     instruction_token = "[Complete the missing regions in the video.]"
     description = "complete a masked contiguous space-time block (30% of the clip)"
-    corrupts_source = True
+    deterministic = False
 
     def __init__(
         self,
@@ -109,14 +107,8 @@ class CubeInpainting(Task):
         self.mode = mode
         self.loss_region = loss_region
 
-    def prepare(self, batch: Mapping[str, Any], generator: torch.Generator) -> EditSample:
-        require(batch, ("video", "caption"), self.name)
-        video = batch["video"]
+    def corrupt(self, video: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor | None]:
+        """``(B, 3, T, H, W)`` -> the clip with one block set to 0, and the block ``(B, 1, T, H,
+        W)`` as the loss mask when ``loss_region="masked"`` (else ``None``)."""
         source, mask = cube_inpaint(video, self.ratio, self.mode, generator)
-        return EditSample(
-            source=source,
-            target=video,
-            instructions=with_token(self.instruction_token, list(batch["caption"])),
-            anchors=self.anchors(video),
-            loss_mask=mask if self.loss_region == "masked" else None,
-        )
+        return source, mask if self.loss_region == "masked" else None

@@ -7,12 +7,10 @@ from typing import Any, Literal
 
 import torch
 
+from sama.export import EDIT_PREFIX
 from tasks.base import EditSample, Task, register_task, require
 
 __all__ = ["InstructionEditing", "EDIT_PREFIX"]
-
-#: Prompt prefix of the released inference code (its negative prompt is the bare "[Video edit]").
-EDIT_PREFIX = "[Video edit] "
 
 
 def edit_sample(
@@ -23,7 +21,8 @@ def edit_sample(
     The loss covers the whole target, so the unedited regions are learned as a copy of the
     source. With ``edit_region_weight`` ``w != 1`` and a pair ``mask`` ``(B, 1, T, H, W)``
     (1 = edited), pixels inside the edited region weigh ``w`` and the rest 1 (the loss stays a
-    weighted mean); batches without a mask are unweighted.
+    weighted mean); batches without a mask are unweighted. The pair's source is reusable
+    (cached with the target when the module has a latent cache).
     """
     require(batch, ("source", "target", "instruction"), task.name)
     target = batch["target"]
@@ -31,13 +30,12 @@ def edit_sample(
     mask = batch.get("mask")
     if edit_region_weight != 1.0 and isinstance(mask, torch.Tensor):
         loss_mask = 1.0 + (edit_region_weight - 1.0) * mask.to(torch.float32).clamp(0, 1)
-    return EditSample(
-        source=batch["source"],
-        target=target,
-        instructions=[EDIT_PREFIX + text.strip() for text in batch["instruction"]],
-        anchors=task.anchors(target),
-        is_image=target.shape[2] == 1,
-        loss_mask=loss_mask,
+    return task.make_sample(
+        batch["source"],
+        target,
+        [EDIT_PREFIX + text.strip() for text in batch["instruction"]],
+        loss_mask,
+        source_reusable=True,
     )
 
 
@@ -59,6 +57,7 @@ class InstructionEditing(Task):
     instruction_token = EDIT_PREFIX.strip()
     description = "supervised edit pairs, instruction prefixed with '[Video edit] ' (SFT)"
     corrupts_source = False
+    deterministic = True
 
     def __init__(
         self,

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Literal
 
 import torch
+from torch import Tensor
 
-from tasks.base import EditSample, Task, register_task, require
+from tasks.base import ClipCorruptionTask, register_task
 
 __all__ = ["Reconstruction"]
 
 
 @register_task
-class Reconstruction(Task):
+class Reconstruction(ClipCorruptionTask):
     """Clips without a pretext corruption; the instruction is the caption alone.
 
     Args:
@@ -25,11 +25,11 @@ class Reconstruction(Task):
     """
 
     name = "reconstruction"
-    stream = "clips"
     default_weight = 1.0
     instruction_token = ""
     description = "no pretext: text-to-video on the caption (or copy the source, mode=identity)"
     corrupts_source = False
+    deterministic = True
 
     def __init__(
         self,
@@ -43,12 +43,6 @@ class Reconstruction(Task):
             )
         self.mode = mode
 
-    def prepare(self, batch: Mapping[str, Any], generator: torch.Generator) -> EditSample:
-        require(batch, ("video", "caption"), self.name)
-        video = batch["video"]
-        return EditSample(
-            source=video if self.mode == "identity" else None,
-            target=video,
-            instructions=[caption.strip() for caption in batch["caption"]],
-            anchors=self.anchors(video),
-        )
+    def corrupt(self, video: Tensor, generator: torch.Generator) -> tuple[Tensor | None, None]:
+        """No corruption: no source (``generation``) or the clip itself (``identity``)."""
+        return (video if self.mode == "identity" else None), None

@@ -7,8 +7,9 @@ from typing import Any
 
 import torch
 
+from sama.export import EDIT_PREFIX
 from tasks.base import EditSample, Task, register_task
-from tasks.instruction_editing import EDIT_PREFIX, edit_sample
+from tasks.instruction_editing import edit_sample
 
 __all__ = ["SemanticAnchoring"]
 
@@ -32,6 +33,7 @@ class SemanticAnchoring(Task):
     instruction_token = EDIT_PREFIX.strip()
     description = "instruction image-edit pairs as 1-frame videos, prefix '[Video edit] '"
     corrupts_source = False
+    deterministic = True
 
     def prepare(self, batch: Mapping[str, Any], generator: torch.Generator) -> EditSample:
         sample = edit_sample(self, batch)

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from tasks._video import as_batch
-from tasks.base import EditSample, Task, register_task, require, with_token
+from tasks.base import ClipCorruptionTask, register_task
 
 __all__ = ["SpeedPerturbation", "speed_perturb"]
 
@@ -49,7 +47,7 @@ def speed_perturb(video: Tensor, factor: float = 2.0, num_frames: int | None = N
 
 
 @register_task
-class SpeedPerturbation(Task):
+class SpeedPerturbation(ClipCorruptionTask):
     """Source = the clip played faster (:func:`speed_perturb`); target = the clip.
 
     The source is shorter than the target (5 frames for a 9-frame clip at 2x); the model gives
@@ -63,11 +61,10 @@ class SpeedPerturbation(Task):
     """
 
     name = "speed_perturbation"
-    stream = "clips"
     default_weight = 3.0
     instruction_token = "[Restore the video to normal playback speed.]"
     description = "restore normal speed from a 2x-speed source (4k+1 frames)"
-    corrupts_source = True
+    deterministic = True  # the speed-up draws nothing: the same clip gives the same source
 
     def __init__(
         self,
@@ -83,12 +80,6 @@ class SpeedPerturbation(Task):
         self.factor = factor
         self.num_frames = num_frames
 
-    def prepare(self, batch: Mapping[str, Any], generator: torch.Generator) -> EditSample:
-        require(batch, ("video", "caption"), self.name)
-        video = batch["video"]
-        return EditSample(
-            source=speed_perturb(video, self.factor, self.num_frames),
-            target=video,
-            instructions=with_token(self.instruction_token, list(batch["caption"])),
-            anchors=self.anchors(video),
-        )
+    def corrupt(self, video: Tensor, generator: torch.Generator) -> tuple[Tensor, None]:
+        """``(B, 3, T, H, W)`` -> the clip at ``factor`` times its speed ``(B, 3, Ts, H, W)``."""
+        return speed_perturb(video, self.factor, self.num_frames), None

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from tasks._video import as_batch
-from tasks.base import EditSample, Task, register_task, require, with_token
+from tasks.base import ClipCorruptionTask, register_task
 
 __all__ = ["TubeShuffle", "tube_shuffle", "tube_unshuffle"]
 
@@ -124,7 +123,7 @@ def _expand_index(index: Tensor, tubes: Tensor) -> Tensor:
 
 
 @register_task
-class TubeShuffle(Task):
+class TubeShuffle(ClipCorruptionTask):
     """Source = the clip with permuted space-time tubes (:func:`tube_shuffle`); target = the clip.
 
     Args:
@@ -133,11 +132,10 @@ class TubeShuffle(Task):
     """
 
     name = "tube_shuffle"
-    stream = "clips"
     default_weight = 4.0
     instruction_token = "[Restore the correct spatio-temporal order of the video segments.]"
     description = "restore the order of a 2x2x2 grid of permuted space-time tubes"
-    corrupts_source = True
+    deterministic = False
 
     def __init__(
         self,
@@ -148,13 +146,6 @@ class TubeShuffle(Task):
         self.grid = tuple(int(g) for g in grid)
         _region(self.grid, self.grid, f"task {self.name!r}")
 
-    def prepare(self, batch: Mapping[str, Any], generator: torch.Generator) -> EditSample:
-        require(batch, ("video", "caption"), self.name)
-        video = batch["video"]
-        source, _ = tube_shuffle(video, self.grid, generator)
-        return EditSample(
-            source=source,
-            target=video,
-            instructions=with_token(self.instruction_token, list(batch["caption"])),
-            anchors=self.anchors(video),
-        )
+    def corrupt(self, video: Tensor, generator: torch.Generator) -> tuple[Tensor, None]:
+        """``(B, 3, T, H, W)`` -> the clip with its tubes permuted (one permutation a sample)."""
+        return tube_shuffle(video, self.grid, generator)[0], None

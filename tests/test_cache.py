@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
+import lightning.pytorch as pl
 import numpy as np
 import torch
+from helpers_data import SmoothClips, clip_batch, tiny_model_config
 
-from datamodules.cache import CachedCodec, CachedTextEncoder, LatentCache, precompute, tensor_key
+import datamodules
+from datamodules import SamaDataModule, precompute
 from datamodules.clips import VideoClips
+from sama import latent_cache
 from sama.encoders import PixelCodec, RandomTextEncoder
 from sama.flow import add_noise, masked_mse, velocity_target
 from sama.io import write_video
+from sama.latent_cache import CachedCodec, CachedTextEncoder, LatentCache, tensor_key
+from sama.module import SamaModule
+from tasks import CubeInpainting, EditSample, InstructionEditing, SpeedPerturbation
 
 
 def _count_calls(encoder) -> list[int]:
@@ -116,3 +125,86 @@ def test_precompute_fills_the_cache_training_then_hits(tmp_path: Path) -> None:
     video = torch.stack([clips[i]["video"] for i in (2, 3, 5)])
     assert torch.equal(cached.encode(video), codec.encode(video))
     assert calls == [1] and cached.hits == 3  # only the direct call reached the codec
+
+
+def test_datamodules_keeps_re_exporting_the_cache() -> None:
+    for name in ("LatentCache", "CachedCodec", "CachedTextEncoder", "tensor_key", "text_key"):
+        assert getattr(datamodules, name) is getattr(latent_cache, name)
+
+
+def _train(root: Path, cache_dir: Path | None, steps: int = 5) -> tuple[list[float], SamaModule]:
+    """``steps`` fit steps of cube inpainting on 2 clips (both in every batch): the losses."""
+    torch.manual_seed(0)
+    config = tiny_model_config(
+        tasks=[{"class_path": "tasks.CubeInpainting"}],
+        cache_dir=None if cache_dir is None else str(cache_dir),
+    )
+    module = SamaModule.from_config(config)
+    losses: list[float] = []
+
+    class Losses(pl.Callback):
+        def on_train_batch_end(
+            self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, *args: Any
+        ) -> None:
+            losses.append(float(outputs["loss"]))
+
+    trainer = pl.Trainer(
+        default_root_dir=root,
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[Losses()],
+    )
+    data = SamaDataModule(clips=[SmoothClips(2, 5, (16, 16))], batch_size=2)
+    trainer.fit(module, datamodule=data)
+    return losses, module
+
+
+def test_cube_inpainting_training_caches_the_targets_only_and_keeps_the_losses(
+    tmp_path: Path,
+) -> None:
+    plain, _ = _train(tmp_path / "plain", None)
+    cached, module = _train(tmp_path / "cached", tmp_path / "cache")
+    assert len(plain) == 5 and cached == plain
+    codec = module.encoders.codec
+    index = json.loads((tmp_path / "cache" / "index.json").read_text())
+    # 2 clips = 2 targets; the 10 corrupted sources (5 steps x 2 clips) are never stored
+    assert len(index["entries"][codec.identity]) == 2
+    clips = SmoothClips(2, 5, (16, 16))
+    stored = {tensor_key(clips[i]["video"]) for i in range(2)}
+    assert set(index["entries"][codec.identity]) == stored
+
+
+def _encode_counts(module: SamaModule, sample: EditSample) -> tuple[int, int]:
+    """Codec calls of one ``encode(sample)`` and the cache's codec entries after it."""
+    cached = module._compute_encoders.value.codec
+    calls = _count_calls(module.encoders.codec)
+    module.encode(sample)
+    return calls[0], sum(key[0] == cached.identity for key in module._latent_cache._pending)
+
+
+def test_encode_caches_a_source_exactly_when_it_is_reusable(tmp_path: Path) -> None:
+    module = SamaModule.from_config(tiny_model_config(cache_dir=str(tmp_path / "cache")))
+    generator = torch.Generator().manual_seed(0)
+    clips = clip_batch(2, 5, (16, 16))
+    corrupted = CubeInpainting().prepare(clips, generator)
+    assert not corrupted.source_reusable
+    assert _encode_counts(module, corrupted) == (2, 2)  # target (cached), source (plain codec)
+    assert _encode_counts(module, corrupted) == (1, 2)  # target hit; source encoded afresh
+    sped_up = SpeedPerturbation().prepare(clips, generator)  # deterministic: reusable
+    assert sped_up.source_reusable
+    assert _encode_counts(module, sped_up) == (1, 4)  # target hit; source stored
+    pairs = {
+        "source": torch.rand(2, 3, 5, 16, 16) * 2 - 1,
+        "target": torch.rand(2, 3, 5, 16, 16) * 2 - 1,
+        "instruction": ["add a hat", "remove the cat"],
+    }
+    pair = InstructionEditing().prepare(pairs, generator)
+    assert pair.source_reusable
+    assert _encode_counts(module, pair) == (2, 8)
+    assert _encode_counts(module, pair) == (0, 8)  # both read back

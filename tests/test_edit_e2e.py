@@ -86,7 +86,9 @@ def test_sama_test_scores_model_identity_and_oracle_and_resumes(
     assert (out / "results.partial.jsonl").read_text() == before
 
 
-def test_sama_edit_from_checkpoint_and_export(sft_ckpt: Path, tmp_path: Path) -> None:
+def test_sama_edit_from_checkpoint_and_export(
+    sft_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     source = tmp_path / "in.mp4"
     g = torch.Generator().manual_seed(0)
     write_video(source, torch.randint(0, 255, (10, 30, 40, 3), generator=g, dtype=torch.uint8), 6)
@@ -102,6 +104,16 @@ def test_sama_edit_from_checkpoint_and_export(sft_ckpt: Path, tmp_path: Path) ->
     frames2, _ = read_video(out2)
     # the same weights and seed give the same edit, whichever way the model was loaded
     assert (frames.float() - frames2.float()).abs().mean() < 1.0
+    # a tampered export is refused with one line naming the file; nothing is written
+    weights = export / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))
+    out3 = tmp_path / "out3.mp4"
+    capsys.readouterr()  # drop the progress bars of the edits above
+    assert cli.main(["edit", "--checkpoint", str(export), *common, "--output", str(out3)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "model.safetensors: checksum differs" in err and "\n" not in err
+    assert not out3.exists()
 
 
 def test_sama_predict_writes_edits_that_benchmark_score_reads(
@@ -133,7 +145,6 @@ def test_sama_test_from_an_export_directory_matches_the_checkpoint(
 ) -> None:
     module = SamaModule.load_from_checkpoint(str(sft_ckpt), map_location="cpu")
     export = module.export(tmp_path / "export")
-    (export / "SHA256SUMS").write_text("0" * 64 + "  config.json\n")
 
     def run(ckpt: Path, out: Path, *extra: str) -> dict:
         args = [
@@ -173,14 +184,14 @@ def test_train_tiny_export_now_writes_an_interim_editor_with_checksums(
     import shutil
 
     from sama import train_tiny
-    from sama.evaluation.report import verify_checksums
+    from sama.files import verify_checksums
 
     run = tmp_path / "run"
     (run / "sft" / "checkpoints").mkdir(parents=True)
     shutil.copy(sft_ckpt, run / "sft" / "checkpoints" / "last.ckpt")
     out = tmp_path / "weights"
     assert train_tiny.main(["--run", str(run), "--out", str(out), "--export-now"]) == 0
-    assert set(verify_checksums(out)) >= {"encoders.json", "model.safetensors"}
+    assert set(verify_checksums(out)) >= {"encoders.json", "model.safetensors", "summary.json"}
     summary = json.loads((out / "summary.json").read_text())
     assert summary["complete"] is False and summary["steps"]["sft"] == 4
     assert summary["max_steps"]["sft"] > 4 and summary["steps"]["pretrain"] == 0

@@ -465,3 +465,66 @@ def test_conversions_reject_wrong_layouts() -> None:
         from_model_video(torch.zeros(2, 4, 4, 3))
     with pytest.raises(ValueError, match="float"):
         from_model_video(torch.zeros(3, 2, 4, 4, dtype=torch.uint8))
+
+
+# ---------------------------------------------------------------------------------------------
+# containers that cannot seek, and other codec families
+
+
+def _write_container(
+    path: Path, fmt: str, codec: str, pix_fmt: str, frames: int = 30, size: tuple = (64, 48)
+) -> None:
+    """A moving-bar clip written with PyAV's own muxer and encoder."""
+    with av.open(str(path), "w", format=fmt) as container:
+        stream = container.add_stream(codec, rate=10)
+        stream.width, stream.height = size
+        stream.pix_fmt = pix_fmt
+        for i in range(frames):
+            rgb = np.zeros((size[1], size[0], 3), np.uint8)
+            rgb[..., 0] = i * 8
+            rgb[:, : 2 * i + 1, 1] = 255
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+
+
+def test_a_container_that_cannot_seek_is_read_by_decoding_forward(tmp_path: Path) -> None:
+    path = tmp_path / "clip.swf"
+    _write_container(path, "swf", "flv1", "yuv420p")
+    with av.open(str(path)) as container, pytest.raises(av.error.FFmpegError):
+        container.seek(5, stream=container.streams.video[0])  # the premise: SWF cannot seek
+    full, fps = read_video(path)
+    assert full.shape == (30, 48, 64, 3) and fps == 10.0
+    for start in (1, 12, 25):
+        window, _ = read_video(path, num_frames=5, start=start, stride=1)
+        assert torch.equal(window, full[start : start + 5]), start
+    strided, _ = read_video(path, num_frames=4, start=3, stride=2)
+    assert torch.equal(strided, full[3:11:2])
+
+
+@pytest.mark.parametrize(
+    ("name", "fmt", "codec", "pix_fmt"),
+    [
+        ("cinepak.avi", "avi", "cinepak", "rgb24"),
+        ("cinepak.mov", "mov", "cinepak", "rgb24"),
+        ("msvideo1.avi", "avi", "msvideo1", "rgb555le"),
+        ("mjpeg.avi", "avi", "mjpeg", "yuvj420p"),
+        ("wmv2.wmv", "asf", "wmv2", "yuv420p"),
+        ("flv1.swf", "swf", "flv1", "yuv420p"),
+    ],
+)
+def test_clips_in_other_codec_families_are_read_not_reported_broken(
+    name: str, fmt: str, codec: str, pix_fmt: str, tmp_path: Path
+) -> None:
+    from datamodules.clips import VideoClips
+
+    _write_container(tmp_path / name, fmt, codec, pix_fmt)
+    full, _ = read_video(tmp_path / name)
+    for start in (0, 9, 21):
+        window, _ = read_video(tmp_path / name, num_frames=9, start=start)
+        assert torch.equal(window, full[start : start + 9]), (name, start)
+    clips = VideoClips([str(tmp_path)], frames=9, size=(32, 32), clips_per_video=4)
+    assert len(clips.videos) == 1  # the folder scan finds the file
+    for index in range(len(clips)):  # every window of the file: none raises (= broken)
+        assert clips[index]["video"].shape == (3, 9, 32, 32)

@@ -328,7 +328,8 @@ def test_missing_model_dir_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_build_metrics_explains_every_skipped_metric() -> None:
     metrics, notices = build_metrics(has_target=False, has_mask=False)
-    assert set(metrics) == {"warp_error", "motion_epe"}
+    assert set(metrics) == {"warp_error", "motion_epe", "effnet_frame", "effnet_preservation"}
+    assert metrics["effnet_preservation"].outside_mask is False
     text = "\n".join(notices)
     assert "no --clip-path given" in text and "no --dino-path given" in text
     assert "no targets" in text and "no masks" in text

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 
 import lightning.pytorch as pl
 import pytest
@@ -13,8 +12,7 @@ from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 
 from datamodules import SamaDataModule
 from sama.encoders import PixelCodec
-from sama.model import SamaTransformer
-from sama.module import ENCODERS_FILE, SamaModule, describe, latent_loss_mask, load_encoders
+from sama.module import SamaModule, latent_loss_mask
 from tasks import CubeInpainting, EditSample
 
 FRAMES, SIZE = 5, (16, 16)
@@ -223,36 +221,7 @@ def test_init_from_a_checkpoint_and_from_an_export(tmp_path) -> None:
         _module(init_from=str(tmp_path / "missing.ckpt")).setup("fit")
 
 
-def test_export_writes_the_transformer_and_rebuildable_encoders(tmp_path) -> None:
-    module = _module()
-    path = module.export(tmp_path / "export")
-    spec = json.loads((path / ENCODERS_FILE).read_text())
-    assert spec["codec"]["class_path"] == "sama.encoders.PixelCodec"
-    encoders = load_encoders(path)
-    assert [e.identity for e in encoders] == [e.identity for e in module.encoders]
-    model = SamaTransformer.from_pretrained(path)
-    for key, value in module.model.state_dict().items():
-        assert torch.equal(model.state_dict()[key], value)
-
-
-def test_export_of_a_module_built_from_objects_reads_init_args_back(tmp_path) -> None:
-    built = _module()
-    module = SamaModule(
-        codec=PixelCodec(4),
-        text_encoder=built.encoders.text,
-        semantic_encoder=built.encoders.semantic,
-        tasks=[CubeInpainting()],
-        model=tiny_model_config()["model"],
-    )
-    assert "codec" not in module.hparams and "tasks" not in module.hparams
-    assert describe(module.encoders.codec) == {
-        "class_path": "sama.encoders.PixelCodec",
-        "init_args": {"spatial_factor": 4, "temporal_factor": 1},
-    }
-    # PooledPixelSemanticEncoder keeps no `seed` attribute: guessing it would rebuild another
-    # encoder, so export refuses and says how to get a describable module.
-    with pytest.raises(ValueError, match="'seed'.*from_config"):
-        module.export(tmp_path / "export")
+# export format tests: tests/test_export.py; predict_step == EditPipeline: tests/test_pipeline.py
 
 
 def test_predict_step_generates_the_target_shape_deterministically() -> None:

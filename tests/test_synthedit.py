@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import time
 from pathlib import Path
@@ -394,3 +395,53 @@ def test_generation_is_fast() -> None:
     for index in range(7):
         large.sample(index)
     assert (time.perf_counter() - start) / 7 < 0.1
+
+
+def test_synth_refuses_odd_sizes_so_masks_match_videos(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "odd"
+    argv = ["--out", str(out), "--num", "1", "--size", "33", "31", "--frames", "3"]
+    assert synth_main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "--size 34 32" in error
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    # even sizes: every video is exactly its mask's size
+    assert synth_main(["--out", str(out), "--num", "2", "--size", "34", "30", "--frames", "3"]) == 0
+    for line in (out / "manifest.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        with np.load(out / record["mask"]) as data:
+            mask_shape = data["mask"].shape
+        for key in ("source", "target"):
+            video, _ = read_video(out / record[key])
+            assert tuple(video.shape[:3]) == mask_shape == (3, 34, 30)
+
+
+def test_a_failed_synth_leaves_nothing_that_blocks_the_retry(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import datamodules.synthedit.writer as writer
+
+    real_write = writer.write_video
+    calls = {"n": 0}
+
+    def disk_full(path: Path, *args: object, **kwargs: object) -> None:
+        calls["n"] += 1
+        if calls["n"] == 4:  # the second pair's target
+            raise OSError(28, "No space left on device")
+        real_write(path, *args, **kwargs)
+
+    monkeypatch.setattr(writer, "write_video", disk_full)
+    out = tmp_path / "data"
+    argv = ["--out", str(out), "--num", "3", "--size", "16", "16", "--frames", "1"]
+    assert synth_main(argv) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and "No space left" in errors[0] and "Traceback" not in errors[0]
+    assert not out.exists() and list(tmp_path.iterdir()) == []  # no partial or staging folder
+    monkeypatch.setattr(writer, "write_video", real_write)
+    assert synth_main(argv) == 0  # the plain retry works, no --overwrite needed
+    assert len((out / "manifest.jsonl").read_text().splitlines()) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # not the private staging mode

@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,13 +24,29 @@ from tqdm import tqdm
 
 from datamodules.synthedit.generator import SPLITS, SynthEditGenerator
 from datamodules.synthedit.scenes import CATEGORIES
+from sama.files import atomic_write_text
 from sama.io import write_video
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
+def _check_even(size: tuple[int, int]) -> None:
+    """H.264 (yuv420p) needs even sides; an odd side would make videos larger than masks."""
+    height, width = (int(side) for side in size)
+    if height % 2 or width % 2:
+        even = f"{height + height % 2} {width + width % 2}"
+        raise ValueError(
+            f"--size {height} {width}: SynthEdit videos are H.264 and need even sides "
+            f"(masks would not match the padded videos); use --size {even}"
+        )
+
+
+def _move_into(staging: Path, root: Path) -> None:
+    """Move everything of ``staging`` into ``root`` (an existing folder), manifest last."""
+    names = sorted(p.relative_to(staging) for p in staging.rglob("*") if p.is_file())
+    names.sort(key=lambda name: name.name == "manifest.jsonl")
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging / name, root / name)
+    shutil.rmtree(staging)
 
 
 def write_dataset(
@@ -47,14 +65,17 @@ def write_dataset(
     """Generate samples ``0 .. num - 1`` of a SynthEdit split and write them under ``out``.
 
     Each manifest line is ``{"id", "source", "target", "instruction", "category", "mask",
-    "source_caption", "target_caption"}`` with paths relative to the manifest. The manifest is
-    written last and atomically, so a folder with a manifest holds every file it names.
+    "source_caption", "target_caption"}`` with paths relative to the manifest. Everything is
+    written into a hidden staging folder beside ``out`` and moved into place at the end
+    (the manifest last), so a failed or interrupted run leaves ``out`` as it was (no partial
+    folders that block the retry) and a folder with a manifest holds every file it names.
 
     Args:
         out: destination folder; created if missing, refused if not empty unless ``overwrite``
             (files of the same names are then replaced, other files are left alone).
         num: number of pairs (``>= 1``).
-        seed, split, size, frames, categories: see :class:`SynthEditGenerator`.
+        seed, split, size, frames, categories: see :class:`SynthEditGenerator`; ``size`` must
+            have even sides (H.264 videos).
         fps: frame rate of the written videos.
         crf: x264 constant rate factor for the videos (0 to 51, lower is better quality).
         progress: show a tqdm progress bar.
@@ -71,12 +92,40 @@ def write_dataset(
         raise FileExistsError(
             f"{root} is not empty; choose an empty folder or pass --overwrite (overwrite=True)"
         )
+    _check_even(size)
     generator = SynthEditGenerator(
         size=size, frames=frames, seed=seed, split=split, categories=categories
     )
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".partial", dir=root.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private; the dataset is not
+    try:
+        _write_files(staging, generator, num, split, fps, crf, progress)
+        if root.is_dir() and any(root.iterdir()):
+            _move_into(staging, root)  # --overwrite: replace same-named files, keep others
+        else:
+            if root.is_dir():
+                root.rmdir()
+            os.replace(staging, root)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return root / "manifest.jsonl"
+
+
+def _write_files(
+    root: Path,
+    generator: SynthEditGenerator,
+    num: int,
+    split: str,
+    fps: float,
+    crf: int,
+    progress: bool,
+) -> None:
     (root / "videos").mkdir(parents=True, exist_ok=True)
     (root / "masks").mkdir(exist_ok=True)
-
     lines = []
     for index in tqdm(range(num), desc="sama synth", unit="pair", disable=not progress):
         sample = generator.sample(index)
@@ -109,10 +158,8 @@ def write_dataset(
         "crf": crf,
         "categories": list(generator.categories),
     }
-    _atomic_write_text(root / "synthedit.json", json.dumps(settings, indent=2) + "\n")
-    manifest = root / "manifest.jsonl"
-    _atomic_write_text(manifest, "".join(lines))
-    return manifest
+    atomic_write_text(root / "synthedit.json", json.dumps(settings, indent=2) + "\n")
+    atomic_write_text(root / "manifest.jsonl", "".join(lines))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -126,7 +173,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
     parser.add_argument("--split", choices=SPLITS, default="train", help="default train")
     parser.add_argument(
-        "--size", nargs=2, type=int, default=[64, 64], metavar=("H", "W"), help="default 64 64"
+        "--size",
+        nargs=2,
+        type=int,
+        default=[64, 64],
+        metavar=("H", "W"),
+        help="even sides (H.264), default 64 64",
     )
     parser.add_argument("--frames", type=int, default=17, help="frames per video (default 17)")
     parser.add_argument("--fps", type=float, default=8.0, help="frame rate (default 8)")
@@ -162,5 +214,8 @@ def synth_main(argv: list[str] | None = None) -> int:
     except (FileExistsError, ValueError) as error:
         print(f"sama synth: error: {error}", file=sys.stderr)
         return 2
+    except (OSError, RuntimeError) as error:
+        print(f"sama synth: error: {error}; nothing was written to {args.out}", file=sys.stderr)
+        return 1
     print(f"wrote {args.num} {args.split} pairs to {manifest}")
     return 0

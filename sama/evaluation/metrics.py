@@ -622,7 +622,10 @@ METRIC_CLASSES: dict[str, type[EditMetric]] = {
 
 def metric_directions() -> dict[str, bool]:
     """``{metric name: higher_is_better}`` for every name ``build_metrics`` can return."""
-    return {name: cls.higher_is_better for name, cls in METRIC_CLASSES.items()}
+    from sama.evaluation.feature_metrics import FEATURE_METRIC_CLASSES
+
+    classes = {**METRIC_CLASSES, **FEATURE_METRIC_CLASSES}
+    return {name: cls.higher_is_better for name, cls in classes.items()}
 
 
 def build_metrics(
@@ -631,6 +634,7 @@ def build_metrics(
     *,
     has_target: bool,
     has_mask: bool,
+    features: bool = True,
 ) -> tuple[dict[str, EditMetric], list[str]]:
     """Build every metric the inputs allow; return them and a notice for each one skipped.
 
@@ -640,6 +644,9 @@ def build_metrics(
         has_target: the benchmark has ground-truth edits (PSNR / SSIM / edit-region PSNR).
         has_mask: the benchmark has edit-region masks (edit-region / preservation PSNR, and
             motion fidelity restricted to outside the mask).
+        features: build the EfficientNet feature-space metrics (``effnet_frame``,
+            ``effnet_preservation``; ``sama/evaluation/feature_metrics.py``) when their
+            packages import.
 
     Returns:
         ``(metrics, notices)``: metrics keyed by the names in ``METRIC_CLASSES``, and one
@@ -686,4 +693,19 @@ def build_metrics(
         metrics["dino_frame"] = DinoFrameConsistency(dino_path)
     else:
         notices.append("DINO frame consistency skipped: no --dino-path given")
+    if features:
+        from sama.evaluation import feature_metrics
+
+        reason = feature_metrics.feature_metrics_available()
+        if reason is not None:
+            notices.append(f"EfficientNet feature metrics skipped: {reason}")
+        else:
+            metrics["effnet_frame"] = feature_metrics.FeatureFrameConsistency()
+            metrics["effnet_preservation"] = feature_metrics.FeaturePreservation(
+                outside_mask=has_mask
+            )
+            if not has_mask:
+                notices.append(
+                    "EfficientNet feature preservation measured over the whole frame: no masks given"
+                )
     return metrics, notices

@@ -1,0 +1,164 @@
+"""Trusted checkpoint loading and atomic checkpoint writes.
+
+Every checkpoint the project loads goes through :func:`load_checkpoint_file`: ``torch.load``
+with ``weights_only=True`` always, so a crafted ``.ckpt`` can hold tensors and plain data but
+never run code when it is read. Its errors are one line naming the file:
+
+- :class:`UntrustedCheckpointError`: the file pickles objects (a payload) and is refused;
+- :class:`CorruptCheckpointError`: the file is truncated or damaged; the message names the
+  newest other ``*.ckpt`` of the same folder that loads, if any.
+
+:class:`SafeCheckpointIO` is the Lightning ``CheckpointIO`` that ``SamaCLI`` installs on every
+trainer: it loads with :func:`load_checkpoint_file` (whatever ``weights_only`` the caller
+asks for) and writes local checkpoints with :func:`sama.files.atomic_write` (temporary file in
+the destination folder, fsync, ``os.replace``), so a kill or a full disk leaves the previous
+checkpoint intact and nothing half-written under a final name.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from sama.files import atomic_write
+
+__all__ = [
+    "CheckpointError",
+    "CorruptCheckpointError",
+    "SafeCheckpointIO",
+    "UntrustedCheckpointError",
+    "last_good_checkpoint",
+    "load_checkpoint_file",
+]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be used; the message is one line naming the file and the fix."""
+
+
+class UntrustedCheckpointError(CheckpointError):
+    """The checkpoint pickles Python objects (it could run code when loaded); it is refused."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """The checkpoint is truncated or damaged."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _is_local(path: str | os.PathLike[str]) -> bool:
+    return "://" not in str(path) or str(path).startswith("file://")
+
+
+def _loads(path: str | os.PathLike[str], map_location: Any = "cpu", *, mmap: bool = False) -> Any:
+    if _is_local(path):
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    with get_filesystem(path).open(str(path), "rb") as handle:
+        return torch.load(handle, map_location=map_location, weights_only=True)
+
+
+def _loads_ok(path: Path) -> bool:
+    try:
+        _loads(path, mmap=True)
+    except Exception:  # noqa: BLE001 - any failure means "not a good checkpoint"
+        return False
+    return True
+
+
+def last_good_checkpoint(path: str | os.PathLike[str]) -> Path | None:
+    """The newest other ``*.ckpt`` beside ``path`` that loads (weights only), or None."""
+    target = Path(path)
+    if not _is_local(path) or not target.parent.is_dir():
+        return None
+    others = [p for p in target.parent.glob("*.ckpt") if p.is_file() and p != target]
+    for candidate in sorted(others, key=lambda p: p.stat().st_mtime, reverse=True):
+        if _loads_ok(candidate):
+            return candidate
+    return None
+
+
+def _corrupt(path: str | os.PathLike[str], reason: str, what: str) -> CorruptCheckpointError:
+    good = last_good_checkpoint(path)
+    hint = (
+        f"the last good checkpoint in its folder is {good}: use --ckpt_path {good}"
+        if good is not None
+        else "no other checkpoint in its folder loads; start the run again"
+    )
+    return CorruptCheckpointError(f"{what} {path}: truncated or corrupt ({reason}); {hint}")
+
+
+def load_checkpoint_file(
+    path: str | os.PathLike[str], map_location: Any = "cpu", *, what: str = "checkpoint"
+) -> dict[str, Any]:
+    """Load a checkpoint with ``torch.load(weights_only=True)``; clear one-line errors.
+
+    Args:
+        path: a local path or an fsspec URL of a ``torch.save`` file.
+        map_location: as for ``torch.load``.
+        what: how the message names the file (``"init_from"``, ``"--ckpt_path"``, ...).
+
+    Raises:
+        FileNotFoundError: no such file.
+        UntrustedCheckpointError: the file pickles objects beyond tensors and plain data.
+        CorruptCheckpointError: the file is truncated or damaged, or holds no dict.
+    """
+    if _is_local(path) and not Path(path).is_file():
+        raise FileNotFoundError(f"{what} {path}: no such checkpoint file")
+    try:
+        checkpoint = _loads(path, map_location)
+    except pickle.UnpicklingError as error:
+        message = str(error)
+        if "Unsupported global" in message:
+            found = message.split("Unsupported global:", 1)[1].split(" was not", 1)[0].strip()
+            raise UntrustedCheckpointError(
+                f"{what} {path}: refused, it pickles Python objects ({found}) that could run "
+                "code when loaded; only load checkpoints of tensors and plain data "
+                "(re-save it from a trusted copy with torch.save of its state dicts)"
+            ) from None
+        raise _corrupt(path, "not a torch checkpoint", what) from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise _corrupt(path, reason[:200], what) from None
+    if not isinstance(checkpoint, dict):
+        raise _corrupt(path, f"holds a {type(checkpoint).__name__}, not a dict", what)
+    return checkpoint
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """``TorchCheckpointIO`` that loads weights-only and writes local files atomically."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        if storage_options is not None or not _is_local(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        local = str(path)[len("file://") :] if str(path).startswith("file://") else path
+
+        def write(tmp: str) -> None:
+            torch.save(checkpoint, tmp)
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp files are private; checkpoints are not
+
+        atomic_write(local, write)
+
+    def load_checkpoint(
+        self,
+        path: Any,
+        map_location: Callable | Any = lambda storage, loc: storage,
+        weights_only: bool | None = None,
+    ) -> dict[str, Any]:
+        if _is_local(path) and not Path(path).is_file():
+            raise FileNotFoundError(f"Checkpoint file not found: {path}")
+        return load_checkpoint_file(path, map_location, what="--ckpt_path")

