@@ -138,9 +138,7 @@ def run_one(variant: str, seed: int, args: argparse.Namespace) -> dict:
             command = [
                 "fit",
                 f"--config={stage['config']}",
-                f"--seed_everything={seed}",
-                f"--model.seed={seed}",
-                f"--data.init_args.seed={seed}",
+                f"--seed_everything={seed}",  # also the model's and the data's seed
                 f"--trainer.max_steps={stage['steps']}",
                 f"--trainer.val_check_interval={stage['steps']}",
                 f"--trainer.logger.init_args.save_dir={run}",
@@ -167,7 +165,7 @@ def run_one(variant: str, seed: int, args: argparse.Namespace) -> dict:
                 f"--data.init_args.benchmark.init_args.size={json.dumps(size)}",
                 f"--data.init_args.benchmark.init_args.frames={frames}",
                 f"--data.init_args.output_dir={bench}",
-                f"--data.init_args.steps={args.sample_steps}",
+                f"--data.init_args.sampling.steps={args.sample_steps}",
                 "--trainer.enable_progress_bar=false",
             ]
         )

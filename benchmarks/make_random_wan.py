@@ -58,7 +58,9 @@ def randomize_(module: torch.nn.Module, seed: int) -> torch.nn.Module:
         elif param.ndim == 1 and "norm" in name:
             param.fill_(1.0)
         else:
-            values = torch.empty(param.shape, dtype=torch.float32).normal_(0, 0.02, generator=generator)
+            values = torch.empty(param.shape, dtype=torch.float32).normal_(
+                0, 0.02, generator=generator
+            )
             param.copy_(values)
     return module
 
@@ -117,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-vae", action="store_true")
     args = parser.parse_args(argv)
-    path = write_random_wan(args.out, args.size, dtype=args.dtype, seed=args.seed, vae=not args.no_vae)
+    path = write_random_wan(
+        args.out, args.size, dtype=args.dtype, seed=args.seed, vae=not args.no_vae
+    )
     total = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     print(f"wrote {path} ({total / 2**30:.2f} GiB)")
     return 0

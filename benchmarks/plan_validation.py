@@ -140,9 +140,9 @@ def measure(point: tuple, checkpointing: bool, repeats: int) -> int:
     values = []
     for _ in range(repeats):
         code = (
-            "import json,sys; sys.path.insert(0, %r); from benchmarks.plan_validation import "
-            "measure_child; print(json.dumps(measure_child(%r, %r)))"
-            % (str(ROOT), list(point), checkpointing)
+            f"import json,sys; sys.path.insert(0, {str(ROOT)!r}); from benchmarks.plan_validation "
+            f"import measure_child; print(json.dumps(measure_child({list(point)!r}, "
+            f"{checkpointing!r})))"
         )
         out = subprocess.run(
             [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
@@ -187,7 +187,9 @@ def main(argv: list[str] | None = None) -> int:
         FLOP_POINTS = FLOP_POINTS[:1]
     flop = flop_rows()
     print("FLOPs of one forward + backward: formula (3 x forward) vs FlopCounterMode")
-    print(f"  {'width':>5} {'layers':>6} {'tokens':>6} {'counted':>14} {'formula':>14} {'ratio':>6}")
+    print(
+        f"  {'width':>5} {'layers':>6} {'tokens':>6} {'counted':>14} {'formula':>14} {'ratio':>6}"
+    )
     for r in flop:
         print(
             f"  {r['width']:>5} {r['layers']:>6} {r['tokens']:>6} {r['measured']:>14,} "
@@ -196,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     points = MEMORY_POINTS[:1] if args.quick else MEMORY_POINTS
     mem = memory_rows(points, 1 if args.quick else args.repeats)
     print("\nPeak memory of one forward + backward (fp32, CPU, MiB): formula vs measured")
-    print(f"  {'width':>5} {'layers':>6} {'tokens':>6} {'ckpt':>5} {'measured':>9} {'formula':>9} {'ratio':>6}")
+    print(
+        f"  {'width':>5} {'layers':>6} {'tokens':>6} {'ckpt':>5} {'measured':>9} {'formula':>9} {'ratio':>6}"
+    )
     for r in mem:
         print(
             f"  {r['width']:>5} {r['layers']:>6} {r['tokens']:>6} {str(r['checkpointing']):>5} "
@@ -206,7 +210,9 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps({"flops": flop, "memory": mem}, indent=1) + "\n")
     worst = max(abs(r["ratio"] - 1) for r in mem)
     worst_flop = max(abs(r["ratio"] - 1) for r in flop)
-    print(f"\nworst FLOP error {worst_flop:.1%} (bound 5%), worst memory error {worst:.1%} (bound 20%)")
+    print(
+        f"\nworst FLOP error {worst_flop:.1%} (bound 5%), worst memory error {worst:.1%} (bound 20%)"
+    )
     return 0 if worst <= 0.20 and worst_flop <= 0.05 else 1
 
 

@@ -24,9 +24,15 @@ from torch import Tensor
 
 from datamodules.eval_sets import EvalSet, SynthEditEvalSet
 from sama.evaluation.metrics import build_metrics
-from sama.io import to_model_video, write_video
+from sama.evaluation.scorer import score_edit
+from sama.flow import SamplingSettings
+from sama.io import write_video
+from sama.pipeline import EditPipeline
 
-__all__ = ["EditMonitor", "sample_grid"]
+__all__ = ["DEFAULT_SAMPLING", "EditMonitor", "sample_grid"]
+
+DEFAULT_SAMPLING: dict[str, Any] = {"steps": 20, "guidance": 1.0, "seed": 0}
+"""The monitor's sampler overrides unless ``sampling`` replaces them (fast, fixed seed)."""
 
 
 def sample_grid(rows: list[Tensor], frames: int = 5, gap: int = 1) -> Tensor:
@@ -53,8 +59,13 @@ class EditMonitor(pl.Callback):
         benchmark: the items to edit (default: 4 SynthEdit held-out samples at 32x32x9).
         num_samples: how many items (the first ones, so every evaluation sees the same clips).
         every_n_steps: evaluation period in optimizer steps (0: only at the end of training).
-        steps / guidance / seed: sampler settings for these edits (kept small for speed).
+        sampling: overrides of the model's sampler defaults, keyed as the fields of
+            :class:`sama.flow.SamplingSettings` (default: 20 steps, guidance 1, seed 0; kept
+            small for speed).
         write_videos: also write mp4s to the log directory.
+
+    Edits come from :class:`~sama.pipeline.EditPipeline` and are scored by
+    :func:`sama.evaluation.scorer.score_edit`, the scorer of ``sama test``.
     """
 
     def __init__(
@@ -62,18 +73,18 @@ class EditMonitor(pl.Callback):
         benchmark: EvalSet | None = None,
         num_samples: int = 4,
         every_n_steps: int = 500,
-        steps: int = 20,
-        guidance: float = 1.0,
-        seed: int = 0,
+        sampling: dict[str, Any] | None = None,
         write_videos: bool = True,
     ) -> None:
         super().__init__()
         self.benchmark = benchmark or SynthEditEvalSet(num=num_samples)
         self.num_samples = min(num_samples, len(self.benchmark))
         self.every_n_steps = every_n_steps
-        self.steps = steps
-        self.guidance = guidance
-        self.seed = seed
+        self.sampling = {**DEFAULT_SAMPLING, **(sampling or {})}
+        try:
+            SamplingSettings.from_dict(self.sampling)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"EditMonitor.sampling: {err}") from None
         self.write_videos = write_videos
         self._last_step = -1
         self._logged_identity = False
@@ -105,10 +116,9 @@ class EditMonitor(pl.Callback):
         return means
 
     def _evaluate(self, trainer: pl.Trainer, pl_module: Any, step: int) -> dict[str, float]:
-        from sama.pipeline import EditPipeline
-
         was_training = pl_module.training
         pipe = EditPipeline.from_module(pl_module, device=pl_module.device)
+        settings = SamplingSettings.from_dict({**pipe.settings.to_dict(), **self.sampling})
         metrics, _ = build_metrics(
             has_target=self.benchmark.has_target, has_mask=self.benchmark.has_mask
         )
@@ -120,31 +130,16 @@ class EditMonitor(pl.Callback):
         for index in range(self.num_samples):
             item = self.benchmark.item(index)
             result = pipe(
-                item.source,
-                item.instruction,
-                fps=item.fps,
-                steps=self.steps,
-                guidance=self.guidance,
-                seed=self.seed,
-                progress=False,
+                item.source, item.instruction, fps=item.fps, settings=settings, progress=False
             )
             edit = result.video
             n = edit.shape[0]
-            kwargs = {
-                "source": to_model_video(item.source[:n]).unsqueeze(0),
-                "target": to_model_video(item.target[:n]).unsqueeze(0)
-                if item.target is not None
-                else None,
-                "mask": item.mask[:n][None, None].float() if item.mask is not None else None,
-                "texts": [item.instruction],
-            }
-            edit_model = to_model_video(edit).unsqueeze(0)
-            for name, metric in metrics.items():
-                value = float(metric.score(edit_model, **kwargs)[0])
+            for name, value in score_edit(metrics, item, edit, item.source[:n]).items():
                 totals.setdefault(name, []).append(value)
-                if not self._logged_identity:
-                    base = float(metric.score(kwargs["source"], **kwargs)[0])
-                    identity.setdefault(name, []).append(base)
+            if not self._logged_identity:
+                source = item.source[:n]
+                for name, value in score_edit(metrics, item, source, source).items():
+                    identity.setdefault(name, []).append(value)
             rows = [item.source[:n], edit] + ([item.target[:n]] if item.target is not None else [])
             if experiment is not None and hasattr(experiment, "add_image"):
                 experiment.add_image(f"bench/{item.id}", sample_grid(rows), global_step=step)

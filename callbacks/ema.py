@@ -159,6 +159,13 @@ class ShardedEMA(Callback):
 
     # ------------------------------------------------------------------ Lightning hooks
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        if isinstance(trainer.strategy, FSDPStrategy):
+            raise ValueError(
+                "ShardedEMA: FSDP1 (FSDPStrategy) flattens parameters, which this EMA cannot "
+                "checkpoint; use sama.fsdp.SamaFSDPStrategy (FSDP2) instead"
+            )
         self._build(pl_module)
         if self._pending is not None:
             self._apply_pending(trainer, pl_module)

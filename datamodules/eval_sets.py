@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from sama.flow import SamplingSettings
 from sama.io import read_video
 
 __all__ = [
@@ -282,24 +283,28 @@ class _Shard(Dataset):
 
 
 class EvalDataModule(L.LightningDataModule):
-    """Serves a :class:`EvalSet` to ``sama test``: one :class:`EvalItem` per step.
+    """Serves a :class:`EvalSet` to ``sama test`` / ``sama predict``: one :class:`EvalItem` per
+    step, edited and scored by :class:`sama.evaluation.evaluator.Evaluator` (``SamaCLI`` adds it).
 
-    The module edits every item with ``steps`` sampler steps, text guidance ``guidance``,
-    timestep shift ``shift`` (``None``: the model's ``sample_shift``) and ``seed``, scores it (plus the identity and oracle baselines) and writes ``results.json``,
-    ``report.html`` and the edited mp4s under ``output_dir``. ``clip_path`` / ``dino_path``
-    enable the CLIP / DINO metrics (local model dirs). Under DDP rank ``r`` of ``w`` gets items
-    ``r, r + w, ...`` (no padding, so no sample is scored twice). ``sama predict`` with this
-    datamodule only writes the edits, to ``output_dir/predictions/<id>.mp4``.
+    ``sampling`` holds overrides of the model's sampler defaults, keyed as the fields of
+    :class:`sama.flow.SamplingSettings` (``steps``, ``guidance``, ``source_guidance``, ``shift``;
+    not ``seed``); fields left out keep the model's value (e.g. ``shift`` = its
+    ``sample_shift``). ``seed`` is the edits' noise seed (``sama`` derives it from
+    ``seed_everything``).
+    Every item is edited with those settings, scored (plus the identity and oracle baselines)
+    and ``results.json``, ``report.html`` and the edited mp4s go under ``output_dir``.
+    ``clip_path`` / ``dino_path`` enable the CLIP / DINO metrics (local model dirs). Under DDP
+    rank ``r`` of ``w`` gets items ``r, r + w, ...`` (no padding, so no sample is scored twice).
+    ``sama predict`` with this datamodule only writes the edits, to
+    ``output_dir/predictions/<id>.mp4``.
     """
 
     def __init__(
         self,
         benchmark: EvalSet,
         output_dir: str = "runs/bench",
-        steps: int = 50,
-        guidance: float = 5.0,
+        sampling: dict[str, Any] | None = None,
         seed: int = 0,
-        shift: float | None = None,
         clip_path: str | None = None,
         dino_path: str | None = None,
         num_workers: int = 0,
@@ -307,21 +312,27 @@ class EvalDataModule(L.LightningDataModule):
         super().__init__()
         self.benchmark = benchmark
         self.output_dir = output_dir
-        self.steps = steps
-        self.guidance = guidance
-        self.seed = seed
-        if shift is not None and shift <= 0:
-            raise ValueError(f"EvalDataModule: shift must be > 0, got {shift}")
-        self.shift = shift
+        self.sampling = dict(sampling or {})
+        if "seed" in self.sampling:
+            raise ValueError(
+                "EvalDataModule.sampling: no 'seed' here; the edits' noise seed is the run's "
+                "seed_everything (EvalDataModule.seed)"
+            )
+        self.seed = int(seed)
+        try:
+            SamplingSettings.from_dict(self.sampling)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"EvalDataModule.sampling: {err}") from None
         self.clip_path = clip_path
         self.dino_path = dino_path
         self.num_workers = num_workers
 
-    def sampler_shift(self, module: L.LightningModule) -> float:
-        """The timestep shift to sample with: ``shift`` or else the model's ``sample_shift``."""
-        if self.shift is not None:
-            return float(self.shift)
-        return float(module.hparams.get("sample_shift", 5.0))
+    def sampling_settings(self, defaults: SamplingSettings) -> SamplingSettings:
+        """The settings to edit with: ``defaults`` (the model's) updated by ``sampling``, with
+        ``seed`` as the noise seed."""
+        return SamplingSettings.from_dict(
+            {**defaults.to_dict(), **self.sampling, "seed": self.seed}
+        )
 
     def test_dataloader(self) -> DataLoader:
         rank, world = 0, 1

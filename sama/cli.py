@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import pickle
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,7 +23,9 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 import tasks  # noqa: F401  (built-in task classes: short class names resolve in YAML)
 from callbacks.progress import step_counting
+from datamodules.eval_sets import EvalDataModule
 from sama.checkpoint_io import CheckpointError, load_checkpoint_file
+from sama.evaluation.evaluator import Evaluator
 from sama.module import SamaModule
 from sama.run_dir import RunDirError, move_outputs_to_root, prepare_fit, trainer_extras
 from tasks.base import available_tasks
@@ -102,6 +104,10 @@ class SamaCLI(LightningCLI):
         # a copy: the Trainer appends its default bar to the very list the config holds
         configured = list(configured) if isinstance(configured, list) else [configured]
         kwargs = {**trainer_extras(trainer_config, self.subcommand), **kwargs}
+        if isinstance(self.datamodule, EvalDataModule) and not any(
+            isinstance(callback, Evaluator) for callback in configured
+        ):  # a benchmark is edited, scored and reported by the Evaluator callback
+            kwargs["callbacks"] = [*configured, Evaluator()]
         trainer = super().instantiate_trainer(**kwargs)
         bar = trainer.progress_bar_callback
         if bar is not None and not any(bar is callback for callback in configured):
@@ -189,13 +195,10 @@ def _without_ckpt_path(args: list[str]) -> list[str]:
     return out
 
 
-def _model_from_export(args: list[str], export_dir: Path, workdir: str) -> list[str]:
+def _model_from_export(args: list[str], export_dir: Path) -> list[str]:
     """``--ckpt_path`` names a ``SamaModule.export`` directory: build the model from it
-    (``pretrained`` + the encoders of its ``encoders.json``) instead of loading a checkpoint."""
-    import json
-
-    import yaml
-
+    (``pretrained`` + the encoders of its ``encoders.json``) instead of loading a checkpoint.
+    The model section is passed inline (``--model=<json>``)."""
     spec_path = export_dir / "encoders.json"
     if not spec_path.is_file():
         raise SystemExit(
@@ -212,34 +215,28 @@ def _model_from_export(args: list[str], export_dir: Path, workdir: str) -> list[
         "anchor_frames": max(anchor, 1),
         "semantic_weight": 0.1 if anchor > 0 else 0.0,
     }
-    path = Path(workdir) / "model_from_export.yaml"
-    path.write_text(yaml.safe_dump(model, sort_keys=False))
-    return [args[0], f"--model={path}", *_without_ckpt_path(args[1:])]
+    return [args[0], f"--model={json.dumps(model)}", *_without_ckpt_path(args[1:])]
 
 
-def _model_from_checkpoint(args: list[str], workdir: str) -> list[str]:
+def _model_from_checkpoint(args: list[str]) -> list[str]:
     """For ``test`` / ``validate`` / ``predict`` with ``--ckpt_path``: take the model's settings
-    from the checkpoint's hyperparameters (a config's ``model:`` section or ``--model.*``
-    options given after still override them), so a benchmark config needs no model section.
-    ``--ckpt_path`` may also name a directory written by ``SamaModule.export`` (for example
-    the shipped ``weights/tiny-editor``)."""
+    from the checkpoint's hyperparameters, passed inline as ``--model=<json>`` (a config's
+    ``model:`` section or ``--model.*`` options given after still override them), so a
+    benchmark config needs no model section. ``--ckpt_path`` may also name a directory written
+    by ``SamaModule.export`` (for example the shipped ``weights/tiny-editor``)."""
     if not args or args[0] not in {"test", "validate", "predict"}:
         return args
     ckpt = _ckpt_path(args)
     if ckpt and Path(ckpt).is_dir():
-        return _model_from_export(args, Path(ckpt), workdir)
+        return _model_from_export(args, Path(ckpt))
     if not ckpt or not Path(ckpt).is_file():
         return args
-    import yaml
-
     hparams = load_checkpoint_file(ckpt, what="--ckpt_path").get("hyper_parameters")
     if not hparams or "codec" not in hparams:
         return args
     model = {k: v for k, v in hparams.items() if not k.startswith("_")}
     model["init_from"] = None  # the checkpoint's own weights are loaded instead
-    path = Path(workdir) / "model_from_checkpoint.yaml"
-    path.write_text(yaml.safe_dump(model, sort_keys=False))
-    return [args[0], f"--model={path}", *args[1:]]
+    return [args[0], f"--model={json.dumps(model)}", *args[1:]]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -247,19 +244,18 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in EXTRA_COMMANDS:
         return EXTRA_COMMANDS[args[0]][0](args[1:])
-    with tempfile.TemporaryDirectory(prefix="sama-cli-") as workdir:
-        # LightningCLI reads sys.argv; give it exactly the arguments meant for it
-        saved = sys.argv
-        # evaluation runs record their settings in results.json; only fit saves config.yaml
-        kwargs = {} if args and args[0] == "fit" else {"save_config_callback": None}
-        try:
-            sys.argv = [saved[0] if saved else "sama", *_model_from_checkpoint(args, workdir)]
-            SamaCLI(**kwargs)
-        except (CheckpointError, RunDirError) as error:
-            print(f"sama {args[0] if args else ''}: error: {error}", file=sys.stderr)
-            return 2
-        except SIGTERMException as stop:  # preempted: never report a finished run
-            return stop.code if isinstance(stop.code, int) and stop.code else 128 + 15
-        finally:
-            sys.argv = saved
+    # LightningCLI reads sys.argv; give it exactly the arguments meant for it
+    saved = sys.argv
+    # evaluation runs record their settings in results.json; only fit saves config.yaml
+    kwargs = {} if args and args[0] == "fit" else {"save_config_callback": None}
+    try:
+        sys.argv = [saved[0] if saved else "sama", *_model_from_checkpoint(args)]
+        SamaCLI(**kwargs)
+    except (CheckpointError, RunDirError) as error:
+        print(f"sama {args[0] if args else ''}: error: {error}", file=sys.stderr)
+        return 2
+    except SIGTERMException as stop:  # preempted: never report a finished run
+        return stop.code if isinstance(stop.code, int) and stop.code else 128 + 15
+    finally:
+        sys.argv = saved
     return 0

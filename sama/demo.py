@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"--trainer.val_check_interval={args.sft_steps}",
                 "--trainer.callbacks+=callbacks.edit_monitor.EditMonitor",
                 f"--trainer.callbacks.every_n_steps={max(1, args.sft_steps // 2)}",
-                f"--trainer.callbacks.steps={args.sample_steps}",
+                f"--trainer.callbacks.sampling.steps={args.sample_steps}",
                 *common,
             ],
         )
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             f"--ckpt_path={editor}",
             f"--data.init_args.benchmark.init_args.num={args.bench_samples}",
             f"--data.init_args.output_dir={bench}",
-            f"--data.init_args.steps={args.sample_steps}",
+            f"--data.init_args.sampling.steps={args.sample_steps}",
         ],
     )
     overview = _write_overview(bench, out / "overview.png", args.bench_samples)
@@ -155,7 +155,7 @@ every stage runs; `make train-tiny` is the recipe of the shipped editor."""
 
 def _choose_editor(choice: str, own_ckpt: Path) -> tuple[Path, str]:
     """The model that edits: the shipped export (checksums verified) or the demo's own run."""
-    from sama.evaluation.report import verify_checksums
+    from sama.files import verify_checksums
 
     if choice != "none":
         shipped = Path(choice)
@@ -187,7 +187,7 @@ def _fingerprint(editor: Path) -> str:
 def _write_overview(bench: Path, path: Path, samples: int, rows: int = 4) -> Path:
     """``source | edit | target`` strips of the first benchmark clips, with instructions."""
     from datamodules.eval_sets import SynthEditEvalSet
-    from sama.evaluation.report import edit_overview, write_png
+    from sama.images import edit_overview, write_png
     from sama.io import read_video
 
     config = json.loads((bench / "results.json").read_text())["config"]

@@ -776,7 +776,7 @@ class EfficientNetSemanticEncoder(FrozenEncoder):
         size = (self.image_size, self.image_size)
         x = images.to(self.device).float()
         x = F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False)
-        x = x.clamp(-1.0, 1.0)
+        x = x.clamp(-1.0, 1.0).to(self.dtype)
         model = self.model
         x = model._swish(model._bn0(model._conv_stem(x)))
         for block in model._blocks:

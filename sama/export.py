@@ -385,6 +385,11 @@ def read_checkpoint(path: str | os.PathLike[str]) -> LoadedEditor:
         raise ValueError(f"{path}: not a loadable Lightning checkpoint ({first})") from None
     if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint:
         raise ValueError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
+    if checkpoint.get("sama_lora") is not None:
+        raise ValueError(
+            f"{path}: a LoRA checkpoint holds only the trainable weights; export it first "
+            "(SamaModule.load_from_checkpoint(path).export(DIR)) and pass the export folder"
+        )
     hparams = checkpoint.get("hyper_parameters") or {}
     where = f"{path} hyper_parameters"
     missing = [key for key in ENCODER_KEYS if not isinstance(hparams.get(key), Mapping)]

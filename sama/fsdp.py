@@ -21,7 +21,10 @@ rank 0 (loadable by ``SamaModule.load_from_checkpoint`` / ``sama edit --checkpoi
 
 from __future__ import annotations
 
+import os
+import tempfile
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -33,7 +36,9 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 
-__all__ = ["SamaFSDPStrategy", "shard_sama_module"]
+__all__ = ["SamaFSDPStrategy", "consolidate_checkpoint", "full_state_dict", "shard_sama_module"]
+
+_METADATA_NAME = "meta.pt"  # lightning.fabric.utilities.load._METADATA_FILENAME
 
 
 def shard_sama_module(
@@ -124,3 +129,60 @@ def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     return get_model_state_dict(
         module, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
     )
+
+
+def consolidate_checkpoint(folder: str | os.PathLike[str], output: str | os.PathLike[str]) -> Path:
+    """Turn a sharded checkpoint folder of :class:`SamaFSDPStrategy` into one Lightning
+    checkpoint file, in a single process (no process group).
+
+    Lightning's ``consolidate_checkpoint`` tool expects FSDP1's layout (``KeyError: 'model'`` on
+    these folders), hence this one. The file has ``meta.pt``'s fields plus the full
+    ``state_dict``; a ``ShardedEMA`` run's raw shards (``_sama_raw.<key>``) become
+    ``current_model_state`` as in a full checkpoint. The optimizer states are left out: the
+    file is for ``init_from``, ``load_from_checkpoint``, ``sama edit`` and exports, not for
+    resuming (resume from the folder itself).
+    """
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    from callbacks.ema import RAW_PREFIX
+    from sama.files import atomic_write
+
+    folder, output = Path(folder), Path(output)
+    if not (folder / _METADATA_NAME).is_file():
+        raise FileNotFoundError(
+            f"{folder}: not a sharded checkpoint folder (no {_METADATA_NAME}); a full "
+            "checkpoint file needs no consolidation"
+        )
+    with tempfile.TemporaryDirectory(dir=output.parent if output.parent.is_dir() else None) as tmp:
+        dcp_to_torch_save(folder, Path(tmp) / "full.pt")
+        tensors = torch.load(Path(tmp) / "full.pt", map_location="cpu", weights_only=True)
+    checkpoint = torch.load(folder / _METADATA_NAME, map_location="cpu", weights_only=False)
+    state = tensors["state_dict"]
+    raw = {k[len(RAW_PREFIX) :]: v for k, v in state.items() if k.startswith(RAW_PREFIX)}
+    weights = {k: v for k, v in state.items() if not k.startswith(RAW_PREFIX)}
+    checkpoint["state_dict"] = weights
+    if raw:
+        checkpoint["current_model_state"] = {**weights, **raw}
+    checkpoint.pop("optimizer_states", None)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(output, lambda tmp_path: torch.save(checkpoint, tmp_path))
+    return output
+
+
+def _main(argv: list[str] | None = None) -> int:
+    """``python -m sama.fsdp FOLDER OUTPUT.ckpt``: :func:`consolidate_checkpoint`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m sama.fsdp",
+        description="Consolidate a SamaFSDPStrategy sharded checkpoint folder into one file.",
+    )
+    parser.add_argument("folder")
+    parser.add_argument("output")
+    args = parser.parse_args(argv)
+    print(consolidate_checkpoint(args.folder, args.output))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

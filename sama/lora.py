@@ -20,7 +20,6 @@ Outputs of a LoRA model:
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -339,18 +338,3 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Modu
             strict=True,
         )
     return model
-
-
-def describe_settings(settings: LoraSettings | None) -> str:
-    """One line for logs: ``"LoRA r=16 alpha=16 on to_q, ..."`` or ``"LoRA off"``."""
-    if settings is None:
-        return "LoRA off"
-    return (
-        f"LoRA r={settings.rank} alpha={settings.alpha:g} dropout={settings.dropout:g} on "
-        + ", ".join(settings.target_modules)
-    )
-
-
-def adapter_summary(directory: str | os.PathLike[str]) -> dict[str, Any]:
-    """``adapter_config.json`` of an adapter folder as a dict (for reports)."""
-    return json.loads((Path(directory) / ADAPTER_CONFIG_NAME).read_text())

@@ -267,6 +267,9 @@ class SamaModule(pl.LightningModule):
         self._lora_base_loaded = False
         if self.lora_settings is not None:
             apply_lora(self.model, self.lora_settings)
+            # LoRA checkpoints leave the frozen base out: strategies that load the weights
+            # themselves (FSDP2) must accept that; _lora_complete_checkpoint checks the rest
+            self.strict_loading = False
         if gradient_checkpointing:
             self.model.enable_gradient_checkpointing()
         if semantic_weight == 0:
@@ -422,7 +425,11 @@ class SamaModule(pl.LightningModule):
     # ------------------------------------------------------------------------- LoRA
     def _lora_filter_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep only the trainable weights (LoRA matrices + SAMA modules) in the checkpoint's
-        ``state_dict`` (and ``current_model_state`` of an EMA callback); record the settings."""
+        ``state_dict`` (and ``current_model_state`` of an EMA callback); record the settings.
+        A sharded (DCP) checkpoint keeps everything: resuming it loads every key."""
+        checkpoint["sama_lora"] = self.lora_settings.to_dict()
+        if any(type(v).__name__ == "DTensor" for v in checkpoint.get("state_dict", {}).values()):
+            return  # a sharded FSDP2 checkpoint: each rank writes its shards of everything
         keep = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
         for field in ("state_dict", "current_model_state"):
             state = checkpoint.get(field)
@@ -430,7 +437,6 @@ class SamaModule(pl.LightningModule):
                 checkpoint[field] = {
                     k: v for k, v in state.items() if k in keep or not k.startswith("model.")
                 }
-        checkpoint["sama_lora"] = self.lora_settings.to_dict()
 
     def _lora_complete_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Fill the frozen base weights a LoRA checkpoint leaves out from this module (built
@@ -585,44 +591,23 @@ class SamaModule(pl.LightningModule):
         validation run measures the same thing."""
         return self._evaluate(batch, batch_idx, dataloader_idx, "val")
 
-    def on_test_start(self) -> None:
-        """With a benchmark datamodule, ``sama test`` edits and scores (see sama.evaluation.scorer)."""
-        from datamodules.eval_sets import EvalDataModule
-
-        self._benchmark_run = None
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if isinstance(datamodule, EvalDataModule):
-            from sama.evaluation.scorer import BenchmarkRun
-
-            self._benchmark_run = BenchmarkRun(self, datamodule, self.trainer)
-
     def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor | None:
-        """Benchmark items: edit, score and log ``test/<metric>``. Task batches: as
-        :meth:`validation_step`, logged under ``test/``."""
-        run = getattr(self, "_benchmark_run", None)
-        if run is None:
-            return self._evaluate(batch, batch_idx, dataloader_idx, "test")
-        for name, value in run.step(batch).items():
-            if value == value:  # NaN marks a sample a metric excludes
-                self.log(f"test/{name}", value, batch_size=1, on_epoch=True, sync_dist=True)
-        return None
-
-    def on_test_end(self) -> None:
-        run = getattr(self, "_benchmark_run", None)
-        if run is not None:
-            paths = run.finish()
-            if paths is not None:
-                print(f"results: {paths[0]}\nreport:  {paths[1]}")
-            self._benchmark_run = None
+        """Task batches: as :meth:`validation_step`, logged under ``test/``. Any other batch (an
+        ``EvalItem`` of a benchmark) is left to the
+        :class:`~sama.evaluation.evaluator.Evaluator` callback, which edits and scores it."""
+        if not isinstance(batch, Mapping):
+            return None
+        return self._evaluate(batch, batch_idx, dataloader_idx, "test")
 
     @torch.no_grad()
-    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+    def predict_step(
+        self, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> dict[str, Any] | None:
         """Generate the batch task's target from its source and instruction (``sama predict``).
 
-        With a :class:`~datamodules.eval_sets.EvalDataModule` the batch is one
-        ``EvalItem``: it is edited with ``EditPipeline`` and written to
-        ``output_dir/predictions/<id>.mp4`` (ready for ``sama benchmark score``); the return
-        value is ``{"id", "path"}``.
+        A batch that is not a task batch (an ``EvalItem`` of a benchmark) returns ``None``: the
+        :class:`~sama.evaluation.evaluator.Evaluator` callback edits it and writes
+        ``output_dir/predictions/<id>.mp4`` (ready for ``sama benchmark score``).
 
         A task batch is edited by :class:`~sama.pipeline.EditPipeline` (the one sampling path):
         ``task.prepare`` (its randomness from a generator seeded by ``(seed, -2,
@@ -633,10 +618,8 @@ class SamaModule(pl.LightningModule):
         ``sama.seeds.stable_seed(seed, dataloader_idx, batch_idx)``. Returns
         ``{"video": (B, 3, T, H, W) in [-1, 1], "instructions": [...], "task": name}``.
         """
-        from datamodules.eval_sets import EvalItem
-
-        if isinstance(batch, EvalItem):
-            return self._predict_benchmark_item(batch)
+        if not isinstance(batch, Mapping):
+            return None
         task = self._task_of(batch)
         sample = task.prepare(batch, self._step_generator(-2, dataloader_idx, batch_idx))
         pipeline = EditPipeline.from_module(self, device=self.device)
@@ -683,25 +666,6 @@ class SamaModule(pl.LightningModule):
         return int(max_steps)
 
     # ------------------------------------------------------------------------- export
-    def _predict_benchmark_item(self, item: Any) -> dict[str, Any]:
-        from sama.io import write_video
-
-        datamodule = self.trainer.datamodule
-        pipeline = EditPipeline.from_module(self, device=self.device)
-        result = pipeline(
-            item.source,
-            item.instruction,
-            fps=item.fps,
-            steps=datamodule.steps,
-            guidance=datamodule.guidance,
-            shift=datamodule.sampler_shift(self),
-            seed=datamodule.seed,
-            progress=False,
-        )
-        path = Path(datamodule.output_dir) / "predictions" / f"{item.id}.mp4"
-        write_video(path, result.video, result.fps)
-        return {"id": item.id, "path": str(path)}
-
     def export(
         self, directory: str | os.PathLike[str], extra_files: Mapping[str, str] | None = None
     ) -> Path:

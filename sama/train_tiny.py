@@ -1,7 +1,9 @@
 """``make train-tiny``: reproduce the shipped tiny editor, resumable in chunks.
 
 Runs ``configs/tiny/editor-pretrain.yaml`` (stage 0) then ``configs/tiny/editor-sft.yaml``
-(stage 1, initialised from stage 0) into ``runs/tiny-editor/``. Each call resumes the
+(stage 1, initialised from stage 0) into ``runs/tiny-editor/`` (``--run DIR`` or
+``$SAMA_TINY_RUN`` elsewhere, e.g. outside the checkout: run state is never committed, so a
+fresh clone trains from scratch by the recipe). Each call resumes the
 unfinished stage from its ``last.ckpt`` (saved every 100 steps), so the recipe can run in
 chunks: ``--max-time 00:00:45:00`` stops a chunk after 45 minutes. When stage 1 has reached
 its ``max_steps``, the EMA weights are exported to ``weights/tiny-editor/`` with a
@@ -62,9 +64,22 @@ def _chunk_limit(ckpt: Path, chunk: str) -> str:
 
 
 def _max_steps(config: str) -> int:
+    """``trainer.max_steps`` of ``config`` as ``sama fit`` resolves it (the configs are composed
+    from ``configs/_parts/``, so the value may come from an included file)."""
+    import contextlib
+    import io
+
     import yaml
 
-    return int(yaml.safe_load(Path(config).read_text())["trainer"]["max_steps"])
+    from sama.cli import SamaCLI
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+        SamaCLI(args=["fit", f"--config={config}", "--print_config"])
+    resolved = yaml.safe_load(out.getvalue()) or {}
+    if "trainer" not in resolved:
+        raise SystemExit(f"train-tiny: {config} does not parse; run `sama fit --config={config}`")
+    return int(resolved["trainer"]["max_steps"])
 
 
 def _events(log_dir: Path) -> Any:
@@ -142,7 +157,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sama.train_tiny", description=__doc__)
-    parser.add_argument("--run", default="runs/tiny-editor", help="run folder")
+    parser.add_argument(
+        "--run",
+        default=os.environ.get("SAMA_TINY_RUN", "runs/tiny-editor"),
+        help="run folder holding both stages' logs and checkpoints (default $SAMA_TINY_RUN or "
+        "runs/tiny-editor; put it outside the checkout to keep run state out of the repo)",
+    )
     parser.add_argument("--out", default="weights/tiny-editor", help="export folder")
     parser.add_argument("--max-time", default=None, help="stop this chunk after DD:HH:MM:SS")
     parser.add_argument(
@@ -173,6 +193,8 @@ def _main(argv: list[str] | None = None) -> int:
             f"--config={config}",
             f"--trainer.logger.init_args.save_dir={run}",
         ]
+        if stage != STAGES[0][0]:  # initialised from this run's stage 0, wherever --run is
+            command.append(f"--model.init_from={run / STAGES[0][0] / 'checkpoints' / 'last.ckpt'}")
         # "last" without a checkpoint starts the stage, also in a folder left by a chunk
         # killed before its first checkpoint (sama fit refuses other re-runs into a run folder)
         command.append(f"--ckpt_path={ckpt}" if ckpt.exists() else "--ckpt_path=last")

@@ -3,6 +3,8 @@ configs (stage 0, then stage 1 from its checkpoint)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import os
 import subprocess
@@ -103,7 +105,11 @@ def test_cli_checkpoint_reloads_with_its_encoders(pretrain_run: Path) -> None:
 
 def test_tiny_sft_starts_from_the_stage0_checkpoint(pretrain_run: Path, tmp_path: Path) -> None:
     stage0 = pretrain_run / "checkpoints" / "last.ckpt"
-    config = yaml.safe_load((ROOT / "configs/tiny/sft.yaml").read_text())["model"]
+    # the model section as `sama fit` resolves it (configs/tiny/sft.yaml includes _parts/)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), pytest.raises(SystemExit):
+        cli.SamaCLI(args=["fit", f"--config={ROOT / 'configs/tiny/sft.yaml'}", "--print_config"])
+    config = yaml.safe_load(printed.getvalue())["model"]
     assert config["init_from"] == "runs/tiny/pretrain/checkpoints/last.ckpt"
     module = SamaModule.from_config({**config, "init_from": str(stage0)})
     module.setup("fit")

@@ -32,7 +32,7 @@ def sft_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "--trainer.callbacks+=callbacks.edit_monitor.EditMonitor",
             "--trainer.callbacks.num_samples=2",
             "--trainer.callbacks.every_n_steps=2",
-            "--trainer.callbacks.steps=2",
+            "--trainer.callbacks.sampling.steps=2",
         ]
     )
     assert code == 0
@@ -67,7 +67,7 @@ def test_sama_test_scores_model_identity_and_oracle_and_resumes(
         f"--ckpt_path={sft_ckpt}",
         "--data.init_args.benchmark.init_args.num=3",
         f"--data.init_args.output_dir={out}",
-        "--data.init_args.steps=2",
+        "--data.init_args.sampling.steps=2",
         "--trainer.enable_progress_bar=false",
     ]
     assert cli.main(args) == 0
@@ -129,7 +129,7 @@ def test_sama_predict_writes_edits_that_benchmark_score_reads(
         f"--ckpt_path={sft_ckpt}",
         "--data.init_args.benchmark.init_args.num=2",
         f"--data.init_args.output_dir={out}",
-        "--data.init_args.steps=2",
+        "--data.init_args.sampling.steps=2",
         "--trainer.enable_progress_bar=false",
     ]
     assert cli.main(args) == 0
@@ -153,7 +153,7 @@ def test_sama_test_from_an_export_directory_matches_the_checkpoint(
             f"--ckpt_path={ckpt}",
             "--data.init_args.benchmark.init_args.num=2",
             f"--data.init_args.output_dir={out}",
-            "--data.init_args.steps=2",
+            "--data.init_args.sampling.steps=2",
             "--trainer.enable_progress_bar=false",
             *extra,
         ]

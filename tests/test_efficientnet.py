@@ -173,3 +173,18 @@ def test_build_metrics_registers_feature_metrics(monkeypatch: pytest.MonkeyPatch
     metrics, notices = build_metrics(has_target=True, has_mask=True)
     assert "effnet_frame" not in metrics and "effnet_preservation" not in metrics
     assert any("EfficientNet feature metrics skipped" in n and "pip install" in n for n in notices)
+
+
+def test_feature_tokens_are_reused_only_for_the_same_unchanged_tensor(
+    carphone: torch.Tensor,
+) -> None:
+    from sama.evaluation.feature_metrics import _load_feature_encoder
+
+    features = _load_feature_encoder(16)
+    video = _video(carphone[:2]).clone()
+    first = features.tokens(video)
+    assert features.tokens(video)[1] is first[1]  # the same tensor: not encoded again
+    assert features.tokens(video.clone())[1] is not first[1]  # equal values, another tensor
+    video.mul_(0.5)  # changed in place: encoded again
+    again = features.tokens(video)
+    assert again[1] is not first[1] and not torch.allclose(again[1], first[1])

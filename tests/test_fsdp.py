@@ -13,7 +13,9 @@ import yaml
 from test_cli import sama
 
 from sama import cli
+from sama.fsdp import consolidate_checkpoint
 from sama.io import read_video, write_video
+from sama.module import SamaModule
 
 STEPS = 20
 #: DDP all-reduces the gradients, FSDP2 reduce-scatters them (and clips with a DTensor norm):
@@ -87,6 +89,16 @@ def test_fsdp2_matches_ddp_checkpoints_resumes_and_exports(tmp_path: Path) -> No
     assert _records(fsdp, 0) != _records(fsdp, 1)  # the ranks saw different samples
     sharded = ckpt / "epoch=0-step=10.ckpt"
     assert sharded.is_dir() and len(list(sharded.glob("*.distcp"))) == 2
+    # consolidated in one process: the EMA (gathered shards) as state_dict, the raw beside it
+    consolidated = consolidate_checkpoint(ckpt / "epoch=0-step=20.ckpt", tmp_path / "c.ckpt")
+    merged = torch.load(consolidated, map_location="cpu", weights_only=True)
+    ema_shards = [torch.load(fsdp / f"rank{rank}_ema.pt") for rank in (0, 1)]
+    for name in ema_shards[0]:
+        gathered = torch.cat([ema_shards[0][name], ema_shards[1][name]], dim=0)
+        torch.testing.assert_close(merged["state_dict"][name], gathered, rtol=0, atol=0)
+    assert merged["current_model_state"].keys() == merged["state_dict"].keys()
+    loaded = SamaModule.load_from_checkpoint(consolidated)
+    assert sum(loaded.task_counts.values()) == STEPS
 
     # 3. resume from the sharded step-10 checkpoint; this run saves a full checkpoint
     resumed = tmp_path / "resumed"
@@ -124,3 +136,117 @@ def test_fsdp2_matches_ddp_checkpoints_resumes_and_exports(tmp_path: Path) -> No
     assert cli.main(args) == 0
     frames, _ = read_video(out)
     assert frames.shape == (9, 32, 32, 3)
+
+
+def test_wan14b_configs_use_fsdp2_and_the_sharded_ema(capsys: pytest.CaptureFixture[str]) -> None:
+    from test_configs import parsed
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "wan2.1-14b"
+    for name in ("pretrain.yaml", "sft.yaml", "sft-lora.yaml"):
+        config = parsed(root / name, capsys=capsys)
+        trainer = config["trainer"]
+        assert trainer["strategy"]["class_path"] == "sama.fsdp.SamaFSDPStrategy"
+        callbacks = {c["class_path"]: c for c in trainer["callbacks"]}
+        assert callbacks["callbacks.ema.ShardedEMA"]["init_args"]["decay"] == 0.9998
+        assert "lightning.pytorch.callbacks.EMAWeightAveraging" not in callbacks
+        lora = config["model"].get("lora")
+        if name == "sft-lora.yaml":
+            assert lora["rank"] == 16 and "ffn.net.2" in lora["target_modules"]
+        else:
+            assert lora is None
+
+
+@pytest.fixture
+def one_rank_group():
+    """A 1-process gloo group and 1-D CPU mesh (torch.distributed needs one for DTensor)."""
+    import socket
+
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        yield init_device_mesh("cpu", (1,))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sharding_keeps_outputs_and_the_ema_runs_on_local_shards(one_rank_group) -> None:
+    import copy
+
+    from torch import nn
+    from torch.distributed.tensor import DTensor
+
+    from callbacks.ema import ShardedEMA
+    from sama.fsdp import shard_sama_module
+    from sama.model import SamaTransformer, tiny_wan_config
+
+    holder = nn.Module()
+    holder.model = SamaTransformer(tiny_wan_config(), semantic_dim=16, semantic_hidden=32)
+    reference = copy.deepcopy(holder.model)
+    shard_sama_module(holder, one_rank_group)
+    assert all(isinstance(p, DTensor) for p in holder.parameters())
+    g = torch.Generator().manual_seed(0)
+    x, text = torch.randn(1, 16, 2, 4, 4, generator=g), torch.randn(1, 5, 32, generator=g)
+    t = torch.tensor([500.0])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            holder.model(x, t, text).velocity, reference(x, t, text).velocity, rtol=0, atol=0
+        )
+
+    ema = ShardedEMA(decay=0.5)
+    ema._build(holder)
+    first = {k: v.clone() for k, v in ema.ema_tensors.items()}
+    assert all(not isinstance(v, DTensor) for v in first.values())
+    ema.update()  # the first update copies
+    with torch.no_grad():
+        for p in holder.parameters():
+            p.to_local().add_(1.0)
+    ema.update()
+    for name, value in ema.ema_tensors.items():
+        torch.testing.assert_close(value, first[name] + 0.5, rtol=1e-6, atol=1e-6)
+    ema.swap()  # the local shards now hold the EMA
+    for name, p in holder.named_parameters():
+        torch.testing.assert_close(p.to_local(), first[name] + 0.5, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_lora_under_fsdp2_resumes_from_sharded_and_saves_trainable_only(tmp_path: Path) -> None:
+    config = "--config=configs/tiny/pretrain.yaml"
+    lora = "--model.lora={rank: 4, alpha: 8}"
+    saver = {
+        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+        "init_args": {"every_n_train_steps": 3, "save_top_k": -1},
+    }
+    first = tmp_path / "first"
+    override = _override(
+        tmp_path / "a.yaml", first, _fsdp(True), 6, callbacks=[EMA], checkpoints=[saver]
+    )
+    sama("fit", config, f"--config={override}", lora, timeout=500)
+    sharded = first / "root" / "checkpoints" / "epoch=0-step=3.ckpt"
+    assert sharded.is_dir()
+
+    second = tmp_path / "second"
+    override = _override(
+        tmp_path / "b.yaml", second, _fsdp(False), 6, callbacks=[EMA], checkpoints=[saver]
+    )
+    sama("fit", config, f"--config={override}", lora, f"--ckpt_path={sharded}", timeout=500)
+    for rank in (0, 1):
+        assert _records(second, rank) == _records(first, rank)[3:]
+        assert all(torch.isfinite(torch.tensor(r["loss"])) for r in _records(first, rank))
+    full = torch.load(second / "root" / "checkpoints" / "epoch=0-step=6.ckpt", weights_only=True)
+    keys = [k for k in full["state_dict"] if k.startswith("model.")]
+    assert keys and all(
+        ".lora_" in k
+        or k.split(".")[1] in ("segment_embedding", "siglip_feat_mlp", "semantic_head")
+        for k in keys
+    )
+    assert full["sama_lora"]["rank"] == 4
+
+
+def test_consolidate_refuses_what_is_not_a_sharded_folder(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="not a sharded checkpoint folder"):
+        consolidate_checkpoint(tmp_path, tmp_path / "out.ckpt")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -182,6 +183,9 @@ def test_answers_are_cached_on_disk(endpoint: tuple[FakeEndpoint, str], tmp_path
     make_judge(url, cache_dir=tmp_path).judge(video(0), video(1), "add a scarf")
     make_judge(url, cache_dir=tmp_path, model="other").judge(video(0), video(1), "add a hat")
     assert len(fake.requests) == 4
+    # written atomically: four entries, no temporary file left beside them
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert len(names) == 4 and all(re.fullmatch(r"[0-9a-f]{64}\.json", n) for n in names)
 
 
 def test_judge_many_respects_the_concurrency_limit(endpoint: tuple[FakeEndpoint, str]) -> None:

@@ -10,6 +10,7 @@ from helpers_data import SmoothClips, SmoothPairs, tiny_model_config
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from datamodules import SamaDataModule
+from sama.export import read_checkpoint
 from sama.lora import (
     ADAPTER_CONFIG_NAME,
     ADAPTER_DIR,
@@ -22,6 +23,7 @@ from sama.lora import (
 )
 from sama.model import SamaTransformer
 from sama.module import SamaModule
+from sama.pipeline import EditPipeline
 
 FRAMES, SIZE = 5, (16, 16)
 LORA = {"rank": 4, "alpha": 8}
@@ -158,6 +160,9 @@ def test_training_keeps_the_base_frozen_and_saves_trainable_weights_only(tmp_pat
     orphan = _module(lora=LORA)
     with pytest.raises(ValueError, match="holds no base weights"):
         orphan.on_load_checkpoint(dict(checkpoint))
+    # inference reads exports; a trainable-only checkpoint says what to do
+    with pytest.raises(ValueError, match="a LoRA checkpoint holds only the trainable weights"):
+        read_checkpoint(tmp_path / "epoch=0-step=3.ckpt")
 
 
 def test_resume_reads_the_base_from_init_from(tmp_path) -> None:
@@ -193,6 +198,9 @@ def test_export_is_merged_and_the_adapter_loads_with_peft(tmp_path) -> None:
 
     # merged: an ordinary export, no LoRA keys, same outputs up to float rounding
     merged = SamaTransformer.from_pretrained(export)
+    pipeline = EditPipeline.from_checkpoint(export)  # what `sama edit --checkpoint` loads
+    for key, value in merged.state_dict().items():
+        assert torch.equal(pipeline.model.state_dict()[key], value), key
     assert not any("lora" in k or "base_layer" in k for k in merged.state_dict())
     expected = _outputs(module.model)
     torch.testing.assert_close(_outputs(merged), expected, rtol=1e-5, atol=1e-5)

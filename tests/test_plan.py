@@ -26,7 +26,19 @@ from sama.plan.fit import GIB, STRATEGIES, parse_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-FIT_CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name != "eval")
+
+
+def _describes_a_fit(path: Path) -> bool:
+    """A standalone training config: not a part, not an evaluation set, not an add-on."""
+    import yaml
+
+    if path.parent.name in ("_parts", "eval"):
+        return False
+    keys = set(yaml.safe_load(path.read_text()) or {})
+    return "config" in keys or {"trainer", "model", "data"} <= keys
+
+
+FIT_CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if _describes_a_fit(p))
 FIXTURES = ROOT / "tests" / "fixtures"
 
 
@@ -125,7 +137,12 @@ def _small(frames: int = 3, side: int = 8, width: int = 64, layers: int = 2):
     sem = torch.randn(1, 13, 24, generator=g)
     grid = frames * (side // 2) ** 2
     spec = ModelSpec(config, 24, 40, "test", 16, 1, 1, 9, 32, 13)
-    return model, (target, torch.tensor([300.0]), text, source, sem), spec, Tokens(grid, 13, grid, 9)
+    return (
+        model,
+        (target, torch.tensor([300.0]), text, source, sem),
+        spec,
+        Tokens(grid, 13, grid, 9),
+    )
 
 
 @pytest.mark.parametrize(("frames", "side", "width"), [(1, 8, 64), (3, 8, 64), (2, 12, 96)])
@@ -187,3 +204,18 @@ def test_checkpointing_keeps_only_block_inputs() -> None:
     acts = activation_bytes(spec, tokens, precision="32-true")
     assert measured < acts["saved"] / 3
     assert acts["saved_checkpointed"] - acts["per_block"] == pytest.approx(measured, rel=0.35)
+
+
+def test_fit_overrides_and_add_on_configs_reach_the_plan(capsys) -> None:
+    config = str(ROOT / "configs" / "wan2.1-1.3b" / "sft.yaml")
+    args = ["plan", "--config", config, "--devices", "1", "--json"]
+    assert main([*args, "--model.gradient_checkpointing=false"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    ddp = plan["strategies"]["ddp"]
+    assert not plan["run"]["gradient_checkpointing"] and not ddp["fits"]
+    assert "gradient checkpointing" in ddp["verdict"]
+    tiny = str(ROOT / "configs" / "tiny" / "pretrain.yaml")
+    add_on = str(ROOT / "configs" / "tiny" / "semantic-efficientnet.yaml")
+    assert main(["plan", "--config", tiny, "--config", add_on, "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["encoders_bytes"]["semantic_encoder"] > 0  # the EfficientNet, built and sized

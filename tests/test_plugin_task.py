@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from test_cli import ROOT, sama, scalars
+from test_task_contract import documented_plugin_code
 
 from tasks import available_tasks, build_task
 
@@ -43,11 +44,20 @@ def test_entry_point_task_is_registered_with_its_distribution(plugin_on_path: No
     video = torch.arange(5.0).view(1, 1, 5, 1, 1).expand(2, 3, 5, 4, 4)
     sample = task.prepare({"video": video, "caption": ["a walk", ""]}, torch.Generator())
     assert sample.source[0, 0, :, 0, 0].tolist() == [4.0, 3.0, 2.0, 1.0, 0.0]
+    assert torch.equal(sample.target, video) and sample.anchors.shape == (2, 1, 3, 4, 4)
+    assert sample.source_reusable  # deterministic: the latent cache may keep it
     assert sample.instructions == [
         "[Play the video forwards.] a walk",
         "[Play the video forwards.]",
     ]
     assert task.weight == 2.0
+
+
+def test_the_plugin_is_the_documented_example_verbatim() -> None:
+    code = (PLUGIN / "sama_reverse_playback" / "__init__.py").read_text()
+    documented = documented_plugin_code()
+    assert "class ReversePlayback(ClipCorruptionTask)" in documented
+    assert code.endswith("\n\n" + documented), "tests/plugin_pkg differs from docs/tasks.md"
 
 
 def test_duplicate_task_names_name_both_origins(

@@ -87,3 +87,15 @@ def test_random_wan_writer_real_1_3b(tmp_path: Path) -> None:
     out = write_random_wan(tmp_path / "wan-1.3b", "1.3B")
     model, _ = _check_written(out, semantic_dim=1152)
     assert model.wan.config.num_layers == 30 and model.dim == 1536
+
+
+def test_gpu_benchmark_tiny_mode_runs_on_cpu(tmp_path: Path) -> None:
+    from benchmarks.gpu_train_step import main as gpu_main
+
+    out = tmp_path / "rows.json"
+    assert gpu_main(["--tiny", "--steps", "1", "--out", str(out)]) == 0
+    (row,) = json.loads(out.read_text())
+    assert row["size"] == "tiny" and row["tokens"]["sequence"] == 8 + 13 + 8
+    assert row["s_per_step"] > 0 and row["s_per_denoising_step"] > 0
+    assert row["loss"] == row["loss"]  # finite, not NaN
+    assert row["parameters"]["trainable"] == row["parameters"]["total"]

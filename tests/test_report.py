@@ -1,4 +1,4 @@
-"""results.json, report.html and the resumable results log."""
+"""results.json, report.html, the resumable results log and the image helpers."""
 
 from __future__ import annotations
 
@@ -13,16 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sama.evaluation.report import (
-    PARTIAL_FILENAME,
-    ResultsLog,
-    encode_png,
-    frame_strip,
-    sha256_file,
-    write_png,
-    write_report,
-    write_results,
-)
+from sama.evaluation.html import write_report
+from sama.evaluation.results import PARTIAL_FILENAME, ResultsLog, write_results
+from sama.files import sha256_file, verify_checksums
+from sama.images import edit_overview, encode_png, frame_strip, write_png
 
 NOTICE = "CLIP text alignment skipped: no --clip-path given"
 
@@ -183,8 +177,6 @@ def test_results_log_resumes_after_a_torn_write(tmp_path: Path) -> None:
 
 
 def test_edit_overview_lays_out_source_edit_target_rows() -> None:
-    from sama.evaluation.report import edit_overview
-
     video = np.zeros((5, 8, 10, 3), np.uint8)
     edit = np.full((5, 8, 10, 3), 200, np.uint8)
     image = edit_overview([("recolor", video, edit, video), ("no target", video, edit, None)])
@@ -199,8 +191,6 @@ def test_edit_overview_lays_out_source_edit_target_rows() -> None:
 
 
 def test_verify_checksums_names_the_changed_or_missing_file(tmp_path: Path) -> None:
-    from sama.evaluation.report import sha256_file, verify_checksums
-
     (tmp_path / "a.bin").write_bytes(b"weights")
     (tmp_path / "SHA256SUMS").write_text(f"{sha256_file(tmp_path / 'a.bin')}  a.bin\n")
     assert verify_checksums(tmp_path) == ["a.bin"]

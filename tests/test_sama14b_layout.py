@@ -62,7 +62,10 @@ def test_sama14b_release_names_map_onto_the_model() -> None:
 
 @pytest.mark.parametrize(
     ("name", "size"),
-    [("wan21_t2v_14b_original_layout.json", "14B"), ("wan21_t2v_1.3b_original_layout.json", "1.3B")],
+    [
+        ("wan21_t2v_14b_original_layout.json", "14B"),
+        ("wan21_t2v_1.3b_original_layout.json", "1.3B"),
+    ],
 )
 def test_plain_wan_original_layout(name: str, size: str) -> None:
     layout = _layout(name)

@@ -1,8 +1,18 @@
-"""The contract every registered task (built-in or plugin) must keep; see tasks/base.py."""
+"""The contract every registered task (built-in or plugin) must keep; see tasks/base.py.
+
+Besides the registry, the contract runs over the reverse-playback example of docs/tasks.md,
+read from the page and imported as ``my_tasks.reverse`` (as the page says a user would), so
+the documented code and the contract cannot drift apart.
+"""
 
 from __future__ import annotations
 
 import copy
+import importlib
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,12 +22,37 @@ from tasks.base import STREAMS, EditSample, Task
 from tests.helpers_data import clip_batch, pair_batch
 
 REGISTRY = available_tasks()
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "tasks.md"
+DOCUMENTED = "docs/tasks.md:my_tasks.reverse"
 
 TOKENS = {
     "cube_inpainting": "[Complete the missing regions in the video.]",
     "speed_perturbation": "[Restore the video to normal playback speed.]",
     "tube_shuffle": "[Restore the correct spatio-temporal order of the video segments.]",
 }
+
+
+def documented_plugin_code() -> str:
+    """The ``my_tasks/reverse.py`` code block of docs/tasks.md, without its path comment."""
+    found = re.search(r"```python\n# my_tasks/reverse\.py\n(.*?)```", DOCS.read_text(), re.S)
+    assert found, f"{DOCS}: no ```python block starting with '# my_tasks/reverse.py'"
+    return found.group(1)
+
+
+@pytest.fixture(scope="module")
+def documented_task_class(tmp_path_factory: pytest.TempPathFactory) -> Iterator[type[Task]]:
+    """The documented ``ReversePlayback``, written to ``my_tasks/reverse.py`` and imported."""
+    root = tmp_path_factory.mktemp("docs_plugin")
+    (root / "my_tasks").mkdir()
+    (root / "my_tasks" / "__init__.py").write_text("")
+    (root / "my_tasks" / "reverse.py").write_text(documented_plugin_code())
+    sys.path.insert(0, str(root))
+    try:
+        yield importlib.import_module("my_tasks.reverse").ReversePlayback
+    finally:
+        sys.path.remove(str(root))
+        for name in ("my_tasks.reverse", "my_tasks"):
+            sys.modules.pop(name, None)
 
 
 def _batch(task: Task, batch: int = 3) -> dict:
@@ -30,18 +65,25 @@ def _prepare(task: Task, batch: dict, seed: int) -> EditSample:
     return task.prepare(batch, torch.Generator().manual_seed(seed))
 
 
-@pytest.fixture(params=sorted(REGISTRY), ids=str)
-def task(request) -> Task:
+@pytest.fixture(params=[*sorted(REGISTRY), DOCUMENTED], ids=str)
+def task(request: pytest.FixtureRequest) -> Task:
+    if request.param == DOCUMENTED:
+        return request.getfixturevalue("documented_task_class")()
     return REGISTRY[request.param].cls()
 
 
 def test_class_attributes(task):
     cls = type(task)
-    assert cls.name and REGISTRY[cls.name].cls is cls
+    if cls.__module__ == "my_tasks.reverse":
+        assert cls.name not in REGISTRY or REGISTRY[cls.name].cls is not cls, "never registered"
+    else:
+        assert cls.name and REGISTRY[cls.name].cls is cls
+        assert REGISTRY[cls.name].origin
+    assert cls.name
     assert task.stream in STREAMS
     assert task.weight == cls.default_weight >= 0
     assert cls.description and "\n" not in cls.description
-    assert REGISTRY[cls.name].origin
+    assert isinstance(cls.deterministic, bool) and isinstance(cls.corrupts_source, bool)
 
 
 def test_prepare_returns_an_edit_sample_with_the_contract_layouts(task):
@@ -102,9 +144,32 @@ def test_source_is_corrupted_exactly_when_the_task_says_so(task):
         return
     for source, target in zip(sample.source, sample.target, strict=True):
         assert source.shape != target.shape or not torch.equal(source, target)
-    if task.name != "speed_perturbation":  # the speed-up itself is deterministic
+    if not type(task).deterministic:
         other = _prepare(task, batch, 1)
-        assert not torch.equal(other.source, sample.source)
+        assert not torch.equal(other.source, sample.source), "random corruption ignores the seed"
+
+
+def test_the_deterministic_flag_says_whether_the_generator_matters(task):
+    batch = _batch(task)
+    first, other = _prepare(task, batch, 0), _prepare(task, batch, 1)
+    same = {
+        field: (a is None and b is None)
+        or (a is not None and b is not None and a.shape == b.shape and torch.equal(a, b))
+        for field in ("source", "target", "anchors", "loss_mask")
+        for a, b in [(getattr(first, field), getattr(other, field))]
+    }
+    if type(task).deterministic:
+        assert all(same.values()), f"deterministic = True, but seeds differ in {same}"
+        assert first.instructions == other.instructions
+    else:
+        assert not all(same.values()), "deterministic = False, but the seed changes nothing"
+
+
+def test_source_is_reusable_unless_drawn_afresh_each_step(task):
+    sample = _prepare(task, _batch(task), 0)
+    cls = type(task)
+    if sample.source is not None and cls.corrupts_source and not cls.deterministic:
+        assert not sample.source_reusable, "a random corruption must never enter the cache"
 
 
 def test_anchor_frames_setting_is_honoured(task):

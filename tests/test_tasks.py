@@ -448,3 +448,67 @@ def test_instruction_editing_edit_region_weight_builds_a_weighted_loss_mask():
     assert InstructionEditing(edit_region_weight=4).prepare(no_mask, gen).loss_mask is None
     with pytest.raises(ValueError, match="edit_region_weight"):
         InstructionEditing(edit_region_weight=0)
+
+
+def test_a_new_builtin_task_is_one_file_and_registers_itself(
+    tmp_path, monkeypatch, isolated_registry
+):
+    import tasks
+
+    (tmp_path / "mirror_builtin.py").write_text(
+        textwrap.dedent(
+            """
+            from tasks.base import ClipCorruptionTask, register_task
+
+            @register_task
+            class MirrorBuiltin(ClipCorruptionTask):
+                name = "mirror_builtin"
+                instruction_token = "[Unmirror.]"
+                description = "restore a left-right mirrored clip"
+                deterministic = True
+
+                def corrupt(self, video, generator):
+                    return video.flip(-1), None
+            """
+        )
+    )
+    monkeypatch.setattr(tasks, "__path__", [*tasks.__path__, str(tmp_path)])
+    try:
+        info = available_tasks()["mirror_builtin"]
+        assert info.origin == "built-in" and info.cls.__module__ == "tasks.mirror_builtin"
+        batch = clip_batch(2)
+        sample = build_task("mirror_builtin").prepare(batch, _gen(0))
+        assert torch.equal(sample.source, batch["video"].flip(-1))
+        assert torch.equal(sample.target, batch["video"]) and sample.source_reusable
+        assert sample.instructions == with_token("[Unmirror.]", batch["caption"])
+        assert torch.equal(sample.anchors[:, 0], batch["video"][:, :, 0])
+    finally:
+        sys.modules.pop("tasks.mirror_builtin", None)
+
+
+def test_clip_corruption_task_assembles_the_sample_and_refuses_other_streams():
+    from tasks import ClipCorruptionTask
+
+    class Blank(ClipCorruptionTask):
+        name = "blank"
+        instruction_token = "[Fill in.]"
+        description = "fill a blanked clip"
+
+        def corrupt(self, video, generator):
+            noise = torch.rand(video.shape[0], generator=generator)
+            return video * 0 + noise.view(-1, 1, 1, 1, 1), torch.ones_like(video[:, :1])
+
+    batch = clip_batch(2, frames=9)
+    task = Blank(weight=0.5)
+    task.anchor_frames = 2
+    sample = task.prepare(batch, _gen(0))
+    assert sample.loss_mask.shape == (2, 1, 9, 32, 32) and not sample.source_reusable
+    assert sample.anchors.shape == (2, 2, 3, 32, 32) and not sample.is_image
+    assert torch.equal(sample.anchors[:, 1], batch["video"][:, :, 8])
+    with pytest.raises(KeyError, match="right stream"):
+        task.prepare({"source": batch["video"]}, _gen(0))
+    with pytest.raises(TypeError, match="'clips' stream"):
+
+        class Pairs(ClipCorruptionTask):
+            name = "pairs"
+            stream = "video_pairs"

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import functools
 import math
+import weakref
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sama.evaluation.metrics import EditMetric
+from sama.evaluation.metrics import EditMetric, register_metric_family
 
 FEATURE_LAYER = "blocks"
 """The EfficientNet-Lite0 feature map the metrics read (see ``EfficientNetSemanticEncoder``)."""
@@ -37,7 +38,9 @@ class _FeatureEncoder:
     """The frozen EfficientNet encoder held outside the metric's module tree.
 
     Kept out of ``nn.Module`` registration so metric state dicts and checkpoints do not carry
-    its weights; it follows the input's device lazily.
+    its weights; it follows the input's device lazily. The tokens of the last two videos are
+    remembered (by a weak reference to the very tensor and its in-place version counter), so
+    the two metrics scoring the same ``edit`` and ``source`` tensors encode each only once.
     """
 
     def __init__(self, batch_size: int) -> None:
@@ -48,10 +51,14 @@ class _FeatureEncoder:
         self.encoder = EfficientNetSemanticEncoder(layer=FEATURE_LAYER)
         self.batch_size = batch_size
         self.grid = self.encoder.grid
+        self._memo: list[tuple[weakref.ref, int, tuple[Tensor, Tensor]]] = []
 
     @torch.no_grad()
     def tokens(self, video: Tensor) -> tuple[Tensor, Tensor]:
         """``(B, 3, T, H, W)`` in [-1, 1] -> ``(local (B, T, grid*grid, D), global (B, T, D))``."""
+        for ref, version, tokens in self._memo:
+            if ref() is video and not video.is_inference() and video._version == version:
+                return tokens
         if self.encoder.device != video.device:
             self.encoder.to(video.device)
         b, c, t, h, w = video.shape
@@ -62,7 +69,10 @@ class _FeatureEncoder:
         ]
         per_frame = self.encoder.tokens_per_frame
         tokens = torch.cat(chunks).reshape(b, t, per_frame, self.encoder.dim)
-        return tokens[:, :, :-1], tokens[:, :, -1]
+        result = (tokens[:, :, :-1], tokens[:, :, -1])
+        if not video.is_inference():  # inference tensors carry no version counter: not memoized
+            self._memo = [(weakref.ref(video), video._version, result), *self._memo[:1]]
+        return result
 
 
 @functools.lru_cache(maxsize=2)
@@ -160,3 +170,32 @@ FEATURE_METRIC_CLASSES: dict[str, type[EditMetric]] = {
     "effnet_preservation": FeaturePreservation,
 }
 """The feature metrics' ``results.json`` names, mapped to their classes."""
+
+
+def build_feature_metrics(
+    has_target: bool, has_mask: bool
+) -> tuple[dict[str, EditMetric], list[str]]:
+    """The feature metrics ``build_metrics`` adds: ``(metrics, notices)``.
+
+    ``effnet_preservation`` is restricted to outside the mask when the benchmark has masks;
+    without masks it compares whole frames (a notice says so). ``has_target`` is unused: no
+    feature metric needs the target. When the EfficientNet packages do not import, one
+    notice names the fix.
+    """
+    del has_target
+    reason = feature_metrics_available()
+    if reason is not None:
+        return {}, [f"EfficientNet feature metrics skipped: {reason}"]
+    metrics: dict[str, EditMetric] = {
+        "effnet_frame": FeatureFrameConsistency(),
+        "effnet_preservation": FeaturePreservation(outside_mask=has_mask),
+    }
+    notices = []
+    if not has_mask:
+        notices.append(
+            "EfficientNet feature preservation measured over the whole frame: no masks given"
+        )
+    return metrics, notices
+
+
+register_metric_family("efficientnet", build_feature_metrics, FEATURE_METRIC_CLASSES)

@@ -32,7 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sama.evaluation.report import encode_png
+from sama.files import atomic_write_text
+from sama.images import encode_png
 
 log = logging.getLogger(__name__)
 
@@ -316,16 +317,13 @@ class VLMJudge:
     def _cache_write(self, key: str, instruction: str, score: JudgeScore) -> None:
         if self.cache_dir is None:
             return
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
         entry = {
             "model": self.model,
             "rubric_version": RUBRIC_VERSION,
             "instruction": instruction,
             "score": asdict(score),
         }
-        tmp = self.cache_dir / f".{key}.{os.getpid()}.{threading.get_ident()}.tmp"
-        tmp.write_text(json.dumps(entry, indent=1))
-        os.replace(tmp, self.cache_dir / f"{key}.json")
+        atomic_write_text(self.cache_dir / f"{key}.json", json.dumps(entry, indent=1))
 
     def _request_body(
         self, instruction: str, pairs: list[tuple[np.ndarray, np.ndarray]]

@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import math
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -620,11 +620,31 @@ METRIC_CLASSES: dict[str, type[EditMetric]] = {
 """The names ``build_metrics`` uses, mapped to their classes (``results.json`` keys)."""
 
 
+MetricFamilyBuilder = Callable[[bool, bool], tuple[dict[str, EditMetric], list[str]]]
+"""``build(has_target, has_mask) -> (metrics, notices)`` of a registered metric family."""
+
+_FAMILIES: dict[str, tuple[MetricFamilyBuilder, dict[str, type[EditMetric]]]] = {}
+
+
+def register_metric_family(
+    name: str, build: MetricFamilyBuilder, classes: dict[str, type[EditMetric]]
+) -> None:
+    """Add a family of metrics that ``build_metrics(..., features=True)`` builds.
+
+    Metric modules built on :class:`EditMetric` cannot be imported from this module without an
+    import cycle, so they register themselves; ``sama/evaluation/__init__.py`` imports them
+    (``feature_metrics``: the EfficientNet feature-space metrics), so they are registered
+    whenever this module is imported. ``classes`` maps the family's ``results.json`` names to
+    their classes (for ``metric_directions``).
+    """
+    _FAMILIES[name] = (build, dict(classes))
+
+
 def metric_directions() -> dict[str, bool]:
     """``{metric name: higher_is_better}`` for every name ``build_metrics`` can return."""
-    from sama.evaluation.feature_metrics import FEATURE_METRIC_CLASSES
-
-    classes = {**METRIC_CLASSES, **FEATURE_METRIC_CLASSES}
+    classes = dict(METRIC_CLASSES)
+    for _, family in _FAMILIES.values():
+        classes.update(family)
     return {name: cls.higher_is_better for name, cls in classes.items()}
 
 
@@ -644,9 +664,9 @@ def build_metrics(
         has_target: the benchmark has ground-truth edits (PSNR / SSIM / edit-region PSNR).
         has_mask: the benchmark has edit-region masks (edit-region / preservation PSNR, and
             motion fidelity restricted to outside the mask).
-        features: build the EfficientNet feature-space metrics (``effnet_frame``,
-            ``effnet_preservation``; ``sama/evaluation/feature_metrics.py``) when their
-            packages import.
+        features: also build the registered metric families (``register_metric_family``):
+            the EfficientNet feature-space metrics ``effnet_frame`` and
+            ``effnet_preservation`` of ``sama/evaluation/feature_metrics.py``.
 
     Returns:
         ``(metrics, notices)``: metrics keyed by the names in ``METRIC_CLASSES``, and one
@@ -694,18 +714,8 @@ def build_metrics(
     else:
         notices.append("DINO frame consistency skipped: no --dino-path given")
     if features:
-        from sama.evaluation import feature_metrics
-
-        reason = feature_metrics.feature_metrics_available()
-        if reason is not None:
-            notices.append(f"EfficientNet feature metrics skipped: {reason}")
-        else:
-            metrics["effnet_frame"] = feature_metrics.FeatureFrameConsistency()
-            metrics["effnet_preservation"] = feature_metrics.FeaturePreservation(
-                outside_mask=has_mask
-            )
-            if not has_mask:
-                notices.append(
-                    "EfficientNet feature preservation measured over the whole frame: no masks given"
-                )
+        for build, _ in _FAMILIES.values():
+            built, skipped = build(has_target, has_mask)
+            metrics.update(built)
+            notices.extend(skipped)
     return metrics, notices

@@ -1,4 +1,4 @@
-"""Benchmark scoring shared by ``sama test`` and ``sama benchmark score``.
+"""Benchmark scoring shared by ``sama test``, ``sama benchmark score`` and the EditMonitor.
 
 :class:`EditScorer` scores edits one sample at a time, appends each finished record to
 ``results.partial.jsonl`` (so an interrupted run resumes without redoing samples), scores the
@@ -14,33 +14,33 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from datamodules.eval_sets import EditVerseBench, EvalItem, EvalSet, ManifestEvalSet
-from sama.evaluation.metrics import build_metrics
-from sama.evaluation.report import (
-    PARTIAL_FILENAME,
-    ResultsLog,
-    frame_strip,
-    write_png,
-    write_report,
-    write_results,
-)
+from sama.evaluation.html import write_report
+from sama.evaluation.judge import JudgeError, VLMJudge
+from sama.evaluation.metrics import EditMetric, build_metrics
+from sama.evaluation.results import PARTIAL_FILENAME, ResultsLog, write_results
+from sama.files import atomic_write_text
+from sama.images import frame_strip, write_png
 from sama.io import VideoReadError, read_video, to_model_video
 
 #: settings + checkpoint hash of the samples in ``results.partial.jsonl`` (resume guard)
 RUN_KEY_FILENAME = "run_key.json"
 
 __all__ = [
-    "BenchmarkRun",
     "EditScorer",
     "align_prediction",
     "benchmark_main",
+    "item_texts",
+    "score_edit",
     "score_predictions",
 ]
 
@@ -70,6 +70,41 @@ def align_prediction(edit: Tensor, source: Tensor) -> tuple[Tensor, Tensor, list
     return edit, source, notes
 
 
+def item_texts(item: EvalItem) -> list[str]:
+    """The text an edit of ``item`` should match (CLIP text alignment): the target caption
+    when the benchmark has one (SynthEdit's ``target_caption``, EditVerseBench's
+    ``target_prompt``), otherwise the instruction. One-element list (a batch of one)."""
+    return [item.caption or item.instruction]
+
+
+def score_edit(
+    metrics: Mapping[str, EditMetric],
+    item: EvalItem,
+    edit: Tensor,
+    source: Tensor | None = None,
+) -> dict[str, float]:
+    """Score one edit of ``item`` with every metric; ``{name: value}`` (NaN = not measured).
+
+    ``edit`` and ``source`` (default ``item.source``) are uint8 ``(T, H, W, 3)`` of one size
+    (see :func:`align_prediction`); the target and mask are trimmed to the edit's length. The
+    one scoring path of ``sama test``, ``sama benchmark score`` and the training-time
+    ``EditMonitor``.
+    """
+    source = item.source if source is None else source
+    n = edit.shape[0]
+    as_model = lambda v: to_model_video(v[:n]).unsqueeze(0)  # noqa: E731
+    target = as_model(item.target) if item.target is not None else None
+    mask = None
+    if item.mask is not None:
+        mask = item.mask[:n].unsqueeze(0).unsqueeze(0).float()
+    edit_m, source_m = as_model(edit), as_model(source)
+    texts = item_texts(item)
+    return {
+        name: float(metric.score(edit_m, source=source_m, target=target, mask=mask, texts=texts)[0])
+        for name, metric in metrics.items()
+    }
+
+
 class EditScorer:
     """Score edits of one benchmark into ``out_dir``.
 
@@ -78,7 +113,7 @@ class EditScorer:
             ``report.html``.
         has_target / has_mask: what ground truth the benchmark has (decides the metrics).
         clip_path / dino_path: optional local model dirs for CLIP / DINO metrics.
-        judge: optional :class:`sama.evaluation.judge.VLMJudge`.
+        judge: optional :class:`~sama.evaluation.judge.VLMJudge`.
         config / checkpoint_hash: stored in ``results.json``.
     """
 
@@ -90,7 +125,7 @@ class EditScorer:
         has_mask: bool,
         clip_path: str | None = None,
         dino_path: str | None = None,
-        judge: Any = None,
+        judge: VLMJudge | None = None,
         config: dict[str, Any] | None = None,
         checkpoint_hash: str | None = None,
     ) -> None:
@@ -124,7 +159,7 @@ class EditScorer:
             partial.rename(aside)
             self.note(f"earlier samples in {aside.name} came from other settings; not reused")
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        meta.write_text(json.dumps(key, indent=2) + "\n")
+        atomic_write_text(meta, json.dumps(key, indent=2) + "\n")
 
     def done(self, sample_id: str, system: str = "model") -> bool:
         return (sample_id, system) in self._done
@@ -134,26 +169,8 @@ class EditScorer:
             self.notices.append(message)
 
     def _scores(self, item: EvalItem, edit: Tensor, source: Tensor) -> dict[str, float]:
-        n = edit.shape[0]
-        as_model = lambda v: to_model_video(v[:n]).unsqueeze(0)  # noqa: E731
-        target = as_model(item.target) if item.target is not None else None
-        mask = None
-        if item.mask is not None:
-            mask = item.mask[:n].unsqueeze(0).unsqueeze(0).float()
-        edit_m, source_m = as_model(edit), as_model(source)
-        scores = {}
-        for name, metric in self.metrics.items():
-            value = metric.score(
-                edit_m,
-                source=source_m,
-                target=target,
-                mask=mask,
-                texts=[item.caption or item.instruction],
-            )
-            scores[name] = float(value[0])
+        scores = score_edit(self.metrics, item, edit, source)
         if self.judge is not None:
-            from sama.evaluation.judge import JudgeError
-
             try:
                 scores.update(self.judge.judge(source, edit, item.instruction).as_metrics())
             except JudgeError as err:
@@ -237,8 +254,6 @@ def score_predictions(
         **scorer_kwargs,
     )
     missing = []
-    from tqdm.auto import tqdm
-
     for index in tqdm(range(len(benchmark)), desc="scoring"):
         item = benchmark.item(index)
         scorer.add_baselines(item)
@@ -286,8 +301,6 @@ def benchmark_main(argv: list[str] | None = None) -> int:
     if args.judge_url:
         if not args.judge_model:
             parser.error("--judge-url needs --judge-model")
-        from sama.evaluation.judge import VLMJudge
-
         judge = VLMJudge(
             args.judge_url,
             args.judge_model,
@@ -309,101 +322,3 @@ def benchmark_main(argv: list[str] | None = None) -> int:
         return 2
     print(f"results: {results}\nreport:  {report}")
     return 0
-
-
-class BenchmarkRun:
-    """The benchmark side of ``sama test``: edit each item with the module, score, report.
-
-    Created by :meth:`sama.module.SamaModule.on_test_start` when the test datamodule is a
-    :class:`~datamodules.eval_sets.EvalDataModule`. Each rank logs its records to
-    ``output_dir`` (one rank) or ``output_dir/rank<r>`` (several); rank 0 merges them and writes
-    ``results.json`` / ``report.html`` at the end. Finished samples are skipped on a re-run.
-    """
-
-    def __init__(self, module: Any, datamodule: Any, trainer: Any) -> None:
-        from sama.evaluation.report import sha256_file
-        from sama.pipeline import EditPipeline
-
-        self.module = module
-        self.datamodule = datamodule
-        self.trainer = trainer
-        self.out_dir = Path(datamodule.output_dir)
-        self.world = trainer.world_size
-        rank_dir = self.out_dir if self.world == 1 else self.out_dir / f"rank{trainer.global_rank}"
-        benchmark = datamodule.benchmark
-        # a Lightning checkpoint, or the export directory the model was built from
-        ckpt = getattr(trainer, "ckpt_path", None) or module.hparams.get("pretrained")
-        self.settings = {
-            "steps": datamodule.steps,
-            "guidance": datamodule.guidance,
-            "shift": datamodule.sampler_shift(module),
-            "seed": datamodule.seed,
-        }
-        config = {**benchmark.describe(), **self.settings, "checkpoint": ckpt}
-        checkpoint_hash = None
-        if ckpt and Path(ckpt).is_file():
-            checkpoint_hash = sha256_file(ckpt)
-        elif ckpt and (Path(ckpt) / "SHA256SUMS").is_file():
-            checkpoint_hash = sha256_file(Path(ckpt) / "SHA256SUMS")
-        self.scorer = EditScorer(
-            rank_dir,
-            has_target=benchmark.has_target,
-            has_mask=benchmark.has_mask,
-            clip_path=datamodule.clip_path,
-            dino_path=datamodule.dino_path,
-            config=config,
-            checkpoint_hash=checkpoint_hash,
-        )
-        self.pipeline = EditPipeline.from_module(module, device=module.device)
-
-    def step(self, item: EvalItem) -> dict[str, float]:
-        """Edit and score one item (skipped when already logged); returns the model's scores."""
-        self.scorer.add_baselines(item)
-        if self.scorer.done(item.id):
-            return {}
-        result = self.pipeline(
-            item.source,
-            item.instruction,
-            fps=item.fps,
-            steps=self.settings["steps"],
-            guidance=self.settings["guidance"],
-            shift=self.settings["shift"],
-            seed=self.settings["seed"],
-            progress=False,
-        )
-        edits_dir = self.out_dir / "edits"
-        from sama.io import write_video
-
-        write_video(edits_dir / f"{item.id}.mp4", result.video, result.fps)
-        record = self.scorer.add(item, result.video)
-        return record["metrics"]
-
-    def finish(self) -> tuple[Path, Path] | None:
-        """Merge the ranks' logs and write the report (rank 0); None on other ranks."""
-        self.trainer.strategy.barrier("sama-benchmark-finish")
-        if not self.trainer.is_global_zero:
-            return None
-        if self.world > 1:
-            merged = EditScorer(
-                self.out_dir,
-                has_target=self.datamodule.benchmark.has_target,
-                has_mask=self.datamodule.benchmark.has_mask,
-                clip_path=self.datamodule.clip_path,
-                dino_path=self.datamodule.dino_path,
-                config=self.scorer.config,
-                checkpoint_hash=self.scorer.checkpoint_hash,
-            )
-            for rank in range(self.world):
-                rank_log = ResultsLog(self.out_dir / f"rank{rank}")
-                for record in rank_log.records():
-                    key = (str(record["id"]), record.get("system") or "model")
-                    if not merged.done(*key):
-                        merged.log.append(record)
-                        merged._done.add(key)
-                for thumb in (self.out_dir / f"rank{rank}" / "thumbs").glob("*.png"):
-                    target = merged.thumbs / thumb.name
-                    if not target.exists():
-                        target.write_bytes(thumb.read_bytes())
-            merged.notices = self.scorer.notices
-            return merged.finish()
-        return self.scorer.finish()

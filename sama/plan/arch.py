@@ -133,7 +133,7 @@ class RunSpec:
     nodes: int
     gradient_checkpointing: bool
     attention_backend: str
-    ema: bool
+    ema: str  # "" (none), "all" (EMAWeightAveraging copies every weight), "trainable" (ShardedEMA)
     lora: dict[str, Any] | None
     accumulate: int
     semantic_weight: float
@@ -174,7 +174,11 @@ def _wan_config_of(model: Any) -> tuple[dict[str, Any], str]:
             "sama plan: the config has neither model.model.wan_config nor model.pretrained"
         )
     path = Path(str(pretrained))
-    for candidate in (path / "sama_config.json", path / "config.json", path / "transformer" / "config.json"):
+    for candidate in (
+        path / "sama_config.json",
+        path / "config.json",
+        path / "transformer" / "config.json",
+    ):
         if candidate.is_file():
             data = json.loads(candidate.read_text())
             data = data.get("wan_config", data)
@@ -202,9 +206,29 @@ def _semantic(model: Any) -> tuple[int, int, int]:
             cfg.update(data.get("vision_config", data))
         per = 2 if args.get("dtype") in ("bfloat16", "float16") else 4
         return int(cfg["hidden_size"]), 65, _siglip_params(cfg) * per
-    if "dim" in args:
-        return int(args["dim"]), 65, 0
-    raise ValueError(f"sama plan: unknown semantic encoder {name!r}; cannot tell its width")
+    if name == "PooledPixelSemanticEncoder":
+        return int(args.get("dim", 64)), 65, 0
+    encoder = _instantiate(spec, "semantic encoder")
+    return int(encoder.dim), int(encoder.tokens_per_frame), _module_bytes(encoder)
+
+
+def _instantiate(spec: Any, what: str) -> Any:
+    """Build an encoder this module has no size rule for (small, local weights only)."""
+    from tasks.base import _import_object
+
+    try:
+        cls = _import_object(str(_get(spec, "class_path")))
+        return cls(**_as_dict(_get(spec, "init_args")))
+    except Exception as error:  # noqa: BLE001 (any failure: one line naming the encoder)
+        raise ValueError(
+            f"sama plan: cannot size the {what} {_get(spec, 'class_path')}: {error}"
+        ) from error
+
+
+def _module_bytes(module: Any) -> int:
+    if not isinstance(module, nn.Module):
+        return 0
+    return sum(p.numel() * p.element_size() for p in module.parameters())
 
 
 def _siglip_params(cfg: Mapping[str, Any]) -> int:
@@ -251,7 +275,13 @@ def _codec(model: Any) -> tuple[int, int, int, int]:
     if name == "PixelCodec":
         s, t = int(args.get("spatial_factor", 4)), int(args.get("temporal_factor", 1))
         return 3 * t * s * s, t, s, 0
-    raise ValueError(f"sama plan: unknown codec {name!r}; cannot tell its latent geometry")
+    codec = _instantiate(spec, "codec")
+    return (
+        int(codec.latent_channels),
+        int(codec.temporal_factor),
+        int(codec.spatial_factor),
+        _module_bytes(codec),
+    )
 
 
 def _text(model: Any) -> tuple[int, int, int]:
@@ -266,7 +296,8 @@ def _text(model: Any) -> tuple[int, int, int]:
         return int(args.get("max_length", 64)), 384, 22_713_216 * 4
     if name == "RandomTextEncoder":
         return int(args.get("max_length", 16)), int(args.get("dim", 32)), 0
-    raise ValueError(f"sama plan: unknown text encoder {name!r}; cannot tell its length")
+    encoder = _instantiate(spec, "text encoder")
+    return int(encoder.max_length), int(encoder.dim), _module_bytes(encoder)
 
 
 _STREAM_BATCH = {"image_pairs": "image_batch_size"}
@@ -326,7 +357,11 @@ def describe_run(config: Any, config_path: str = "") -> RunSpec:
         text_length=text_length,
         text_dim=text_dim,
         semantic_tokens=per_frame * anchors if semantic_weight > 0 else 0,
-        encoders={"codec": codec_bytes, "text_encoder": text_bytes, "semantic_encoder": semantic_bytes},
+        encoders={
+            "codec": codec_bytes,
+            "text_encoder": text_bytes,
+            "semantic_encoder": semantic_bytes,
+        },
     )
     trainer = _get(config, "trainer")
     strategy_path = str(_get(trainer, "strategy.class_path", _get(trainer, "strategy", "auto")))
@@ -343,7 +378,8 @@ def describe_run(config: Any, config_path: str = "") -> RunSpec:
         sharding, cpu_offload = "", False
     callbacks = _get(trainer, "callbacks") or []
     callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
-    ema = any(_class_name(c) in ("EMAWeightAveraging", "WeightAveraging") for c in callbacks)
+    ema_names = [_class_name(c) for c in callbacks if "EMA" in _class_name(c)]
+    ema = "trainable" if "ShardedEMA" in ema_names else ("all" if ema_names else "")
     lora = _get(model, "lora")
     return RunSpec(
         config_path=config_path,

@@ -14,8 +14,9 @@ from sama.plan.planner import DEFAULT_PEAK_TFLOPS, make_plan
 __all__ = ["load_fit_config", "plan_main", "format_plan"]
 
 
-def load_fit_config(config: str, overrides: list[str] | None = None) -> Any:
-    """Parse ``config`` (+ ``--a.b=c`` overrides) with SamaCLI's parser, instantiating nothing."""
+def load_fit_config(config: str | list[str], overrides: list[str] | None = None) -> Any:
+    """Parse ``config`` (one YAML or several, later ones on top, as repeated ``--config``) and
+    ``--a.b=c`` overrides with SamaCLI's parser, instantiating nothing."""
     from sama.cli import SamaCLI
 
     class _ParseOnly(SamaCLI):
@@ -37,7 +38,9 @@ def load_fit_config(config: str, overrides: list[str] | None = None) -> Any:
     saved = sys.argv
     sys.argv = saved[:1]  # the parser reads args only; keep LightningCLI from eyeing sys.argv
     try:
-        cli = _ParseOnly(args=["--config", config, *(overrides or [])], run=False)
+        configs = [config] if isinstance(config, str) else list(config)
+        args = [item for path in configs for item in ("--config", path)]
+        cli = _ParseOnly(args=[*args, *(overrides or [])], run=False)
     finally:
         sys.argv = saved
     return cli.config
@@ -63,7 +66,7 @@ def format_plan(plan: dict[str, Any]) -> str:
         f"run: {run['devices']} device(s) x {run['nodes']} node(s), {run['precision']}, "
         f"{run['strategy']}{' ' + run['sharding'] if run['sharding'] else ''}, gradient "
         f"checkpointing {'on' if run['gradient_checkpointing'] else 'off'}, attention "
-        f"{run['attention_backend']}, EMA {'on' if run['ema'] else 'off'}"
+        f"{run['attention_backend']}, EMA {run['ema'] or 'off'}"
         f"{', LoRA rank ' + str(run['lora']['rank']) if run['lora'] else ''}, "
         f"{_g(run['capacity_bytes'])} GiB per device",
         f"parameters: total {params['total']:,}  trainable {params['trainable']:,}  "
@@ -116,7 +119,9 @@ def plan_main(argv: list[str]) -> int:
         description=plan_main.__doc__,
         epilog="Other --section.key=value options are passed to the config, as for sama fit.",
     )
-    parser.add_argument("--config", required=True, help="a sama fit YAML")
+    parser.add_argument(
+        "--config", required=True, action="append", help="a sama fit YAML (repeatable)"
+    )
     parser.add_argument("--devices", type=int, default=None, help="devices per node")
     parser.add_argument("--nodes", type=int, default=None)
     parser.add_argument("--gpu-memory", default="80GiB", help="memory per device (80GiB, 141GB)")
@@ -130,7 +135,7 @@ def plan_main(argv: list[str]) -> int:
     if bad:
         parser.error(f"unexpected argument(s) {bad}; overrides look like --model.lr=1e-4")
     try:
-        run = describe_run(load_fit_config(args.config, overrides), args.config)
+        run = describe_run(load_fit_config(args.config, overrides), " + ".join(args.config))
         plan = make_plan(
             run,
             capacity=parse_bytes(args.gpu_memory),

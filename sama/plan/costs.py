@@ -23,11 +23,14 @@ Activation memory (bytes saved for backward; derived from the tensors autograd s
 diffusers' ``WanTransformerBlock`` and checked against a saved-tensor trace in the tests)::
 
     per block  = S d (48 + 10 a) + 2 a S F + 8 S h + 32 S + L d (4 + 6 a)
-    outside    = S d a + S_tgt d (8 + a) + 8 S (d / h)                # stream, head, RoPE tables
-    no checkpointing:   n * per block + outside
-    checkpointing:      n * S d a + outside + per block                # block inputs + one recompute
-    math attention (no flash / memory-efficient kernel) adds  n * h S^2 a  (the softmax)
-    backward working set (added to the peak): 2 a S F + 6 S d 4
+    stream     = S d a + 8 S (d / h)                      # block input, the RoPE tables
+    head       = S_tgt d (8 + a)                          # norm_out, modulation, proj_out
+    saved              = n * per block + stream + head
+    saved_checkpointed = n * S d a + stream + per block   # block inputs + one recomputed block
+                                                          # (the head is freed by then)
+    math attention (no flash / memory-efficient kernel) adds  h S^2 a  per block (the softmax)
+    peak = saved + working, with the backward working set  working = 12 S d  (three fp32
+    (S, d) gradient buffers; measured on CPU, see docs/performance.md)
 """
 
 from __future__ import annotations
@@ -109,10 +112,14 @@ def flops(spec: ModelSpec, tokens: Tokens) -> dict[str, float]:
     linear += 2 * ((tokens.source + tokens.target) * c_in * d + tokens.target * d * c_out)
     linear += 2 * L * (cfg["text_dim"] * d + d * d)
     linear += 2 * (cfg["freq_dim"] * d + d * d + 6 * d * d)  # timestep embedding, once
-    linear += 2 * tokens.semantic * (
-        spec.semantic_dim * spec.semantic_hidden
-        + spec.semantic_hidden * d
-        + d * spec.semantic_dim
+    linear += (
+        2
+        * tokens.semantic
+        * (
+            spec.semantic_dim * spec.semantic_hidden
+            + spec.semantic_hidden * d
+            + d * spec.semantic_dim
+        )
     )
     attention = n * (4 * S * S * d + 4 * S * L * d)
     forward = float(linear + attention)
@@ -144,10 +151,11 @@ def activation_bytes(
     per_block = S * d * (48 + 10 * a) + 2 * a * S * ffn + 8 * S * h + 32 * S + L * d * (4 + 6 * a)
     if attention_backend in MATH_BACKENDS:
         per_block += h * S * S * a
-    outside = S * d * a + T * d * (8 + a) + 8 * S * (d // h)
-    working = 2 * a * S * ffn + 6 * S * d * 4
-    saved = n * per_block + outside
-    checkpointed = n * S * d * a + outside + per_block
+    stream = S * d * a + 8 * S * (d // h)
+    head = T * d * (8 + a)
+    working = 12 * S * d
+    saved = n * per_block + stream + head
+    checkpointed = n * S * d * a + stream + per_block
     return {
         "per_block": per_block,
         "saved": saved,

@@ -7,10 +7,12 @@ shard group ``G`` (1 for DDP, ``W`` for FSDP full shard, ``devices`` for hybrid 
     weights     P m / G
     gradients   T m / G
     optimizer   2 T m / G                  AdamW exp_avg + exp_avg_sq in the master dtype
-    EMA copy    P m / G                    EMAWeightAveraging's copy (counted when enabled)
-    compute     DDP, mixed precision: 2 T (autocast's bf16 copies of the trained weights)
-                FSDP: (2 x largest block + non-block parameters) x compute bytes (the
-                gathered units: current + prefetched)
+    EMA copy    P m / G  (EMAWeightAveraging: every weight) or T m / G (ShardedEMA: the
+                trained ones), counted when the config has one
+    compute     mixed precision: 2 T, autocast's bf16 copies of the trained weights, cached
+                until the end of the forward (DDP and FSDP2 alike: sama.fsdp gathers fp32
+                units and autocast casts them); FSDP adds the gathered units,
+                (2 x largest block + non-block parameters) x m (current + prefetched)
     encoders    the frozen codec / text / semantic encoders, on every device
     activations micro-batch x per-sample peak (sama.plan.costs.activation_bytes)
     reserve     2 GiB (CUDA context, NCCL and allocator slack)
@@ -59,7 +61,9 @@ def parse_bytes(text: str | float | int) -> int:
     try:
         return int(float(value) * GIB)
     except ValueError:
-        raise ValueError(f"sama plan: cannot read memory size {text!r}; write e.g. 80GiB or 141GB") from None
+        raise ValueError(
+            f"sama plan: cannot read memory size {text!r}; write e.g. 80GiB or 141GB"
+        ) from None
 
 
 def master_bytes(precision: str) -> int:
@@ -140,7 +144,7 @@ def memory_for(
     precision: str,
     devices: int,
     nodes: int,
-    ema: bool,
+    ema: str,
     encoders: int,
     per_sample: int,
     micro_batch: int,
@@ -151,21 +155,21 @@ def memory_for(
     shard = {"ddp": 1, "fsdp_full": world, "fsdp_hybrid": devices, "fsdp_offload": world}[strategy]
     m, c = master_bytes(precision), compute_bytes(precision)
     total_p = params["total"]
+    ema_params = {"all": total_p, "trainable": trainable}.get(ema, 0)
     states = {
         "weights": total_p * m // shard,
         "gradients": trainable * m // shard,
         "optimizer": 2 * trainable * m // shard,
-        "ema": (total_p * m // shard) if ema else 0,
+        "ema": ema_params * m // shard,
     }
     host = 0
     if strategy == "fsdp_offload":
         host = states["weights"] + states["gradients"] + states["optimizer"]
         states = {key: 0 for key in states}
-        states["ema"] = 0 if not ema else total_p * m // shard
-    if strategy == "ddp":
-        compute = 2 * trainable if c == 2 and m == 4 else 0
-    else:
-        compute = (2 * params["largest_block"] + total_p - params["blocks"]) * c
+        states["ema"] = ema_params * m // shard
+    compute = 2 * trainable if c == 2 and m == 4 else 0
+    if strategy != "ddp":
+        compute += (2 * params["largest_block"] + total_p - params["blocks"]) * m
     items = {
         **states,
         "compute_copies": compute,

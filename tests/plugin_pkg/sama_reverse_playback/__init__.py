@@ -1,40 +1,22 @@
 """A third-party sama task, kept outside the project's packages: reverse playback.
 
 The source is the clip played backwards; the model learns to restore the forward order. The
-package is published to sama through the ``sama.tasks`` entry point declared in
-``sama_reverse_playback-0.1.0.dist-info/entry_points.txt`` (what ``pip install`` of a
-distribution with ``[project.entry-points."sama.tasks"]`` writes).
+code below the docstring is the example of docs/tasks.md ("Adding a task") verbatim
+(tests/test_plugin_task.py checks it). The package is published to sama through the
+``sama.tasks`` entry point declared in ``sama_reverse_playback-0.1.0.dist-info/entry_points.txt``
+(what ``pip install`` of a distribution with ``[project.entry-points."sama.tasks"]`` writes).
 """
 
-from __future__ import annotations
-
-from collections.abc import Mapping
-from typing import Any
-
-import torch
-
-from tasks import EditSample, Task
+from tasks import ClipCorruptionTask
 
 
-class ReversePlayback(Task):
-    """Source = the clip reversed in time; target = the clip."""
-
+class ReversePlayback(ClipCorruptionTask):
     name = "reverse_playback"
-    stream = "clips"
     default_weight = 1.0
     instruction_token = "[Play the video forwards.]"
     description = "restore forward playback from a time-reversed source"
-    corrupts_source = True
+    deterministic = True  # the same clip always gives the same source
 
-    def prepare(self, batch: Mapping[str, Any], generator: torch.Generator) -> EditSample:
-        video = batch["video"]
-        captions = [caption.strip() for caption in batch["caption"]]
-        return EditSample(
-            source=video.flip(2),
-            target=video,
-            instructions=[
-                f"{self.instruction_token} {text}" if text else self.instruction_token
-                for text in captions
-            ],
-            anchors=self.anchors(video),
-        )
+    def corrupt(self, video, generator):
+        # video: (B, 3, T, H, W) in [-1, 1], the target; returns (source, loss mask or None)
+        return video.flip(2), None
