@@ -247,7 +247,7 @@ def fits_on_device(size: str, capacity: int, lora_rank: int | None) -> tuple[boo
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny model on CPU (smoke test)")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up")
+    parser.add_argument("--steps", type=int, default=2, help="timed steps after one warm-up")
     parser.add_argument("--sizes", nargs="+", default=["1.3B", "14B"])
     parser.add_argument("--lora-rank", type=int, default=None, help="14B as LoRA if needed")
     parser.add_argument("--out", type=Path, default=None, help="write the rows as JSON")

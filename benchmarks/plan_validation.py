@@ -34,6 +34,8 @@ sys.path.insert(0, str(ROOT))
 #: (width, heads, ffn, layers, latent frames, latent side) of the points measured.
 FLOP_POINTS = [(64, 2, 128, 2, 3, 8), (128, 4, 512, 2, 5, 16), (256, 4, 1024, 3, 5, 24)]
 MEMORY_POINTS = [(256, 4, 1024, 4, 5, 16), (256, 4, 1024, 4, 9, 24), (256, 4, 1024, 4, 9, 32)]
+#: Other widths / depths, not used when the working-set term was fitted (``--held-out``).
+HELD_OUT_POINTS = [(128, 2, 512, 3, 9, 32), (384, 6, 1536, 2, 5, 24)]
 TEXT_LEN, TEXT_DIM, SEM_DIM, SEM_TOKENS = 64, 64, 64, 65
 
 
@@ -180,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one small point of each kind")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--held-out", action="store_true", help="measure HELD_OUT_POINTS")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args(argv)
     global FLOP_POINTS
@@ -196,8 +199,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['predicted']:>14,.0f} {r['ratio']:>6.3f}"
         )
     points = MEMORY_POINTS[:1] if args.quick else MEMORY_POINTS
+    if args.held_out:
+        points = HELD_OUT_POINTS
     mem = memory_rows(points, 1 if args.quick else args.repeats)
     print("\nPeak memory of one forward + backward (fp32, CPU, MiB): formula vs measured")
+    print(f"  points: {points} (width, heads, ffn, blocks, latent frames, latent side)")
     print(
         f"  {'width':>5} {'layers':>6} {'tokens':>6} {'ckpt':>5} {'measured':>9} {'formula':>9} {'ratio':>6}"
     )

@@ -216,50 +216,59 @@ class ShardedEMA(Callback):
         if not isinstance(state, dict):
             return
         keys = [self._state_key(name) for name in self._names]
-        ema_values = self.ema_tensors
+        ema_local = dict(zip(self._names, self._ema, strict=True))
+        raw_local = dict(zip(self._names, self._locals(), strict=True))
         if self._swapped:  # saved during validation: the model holds the EMA right now
-            ema_values = dict(zip(self._names, self._locals(), strict=True))
+            ema_local, raw_local = raw_local, ema_local
         sharded = any(_is_sharded(p) for p in self._params)
+        if sharded:
+            from torch.distributed.tensor import DTensor
+
+            def dtensor(local: Tensor, param: Tensor) -> Tensor:
+                return DTensor.from_local(
+                    local,
+                    param.device_mesh,
+                    param.placements,
+                    shape=param.shape,
+                    stride=param.stride(),
+                    run_check=False,
+                )
+
         if sharded and _is_dtensor_state(state):
             # a sharded (DCP) checkpoint: EMA shards as the weights, raw shards under a prefix
-            from torch.distributed.tensor import DTensor
-
             for key, name, param in zip(keys, self._names, self._params, strict=True):
-                raw = state[key]
-                ema = DTensor.from_local(
-                    ema_values[name],
-                    param.device_mesh,
-                    param.placements,
-                    shape=param.shape,
-                    stride=param.stride(),
-                    run_check=False,
-                )
-                state[RAW_PREFIX + key] = raw
-                state[key] = ema.cpu() if raw.device.type == "cpu" else ema
+                on_cpu = state[key].device.type == "cpu"
+                for out_key, local in ((key, ema_local[name]), (RAW_PREFIX + key, raw_local[name])):
+                    value = dtensor(local.detach().clone(), param)
+                    state[out_key] = value.cpu() if on_cpu else value
             return
         if sharded:
-            # a full checkpoint of a sharded model: gather the EMA (collective, every rank)
-            from torch.distributed.tensor import DTensor
-
-            full = {}
-            for key, name, param in zip(keys, self._names, self._params, strict=True):
-                ema = DTensor.from_local(
-                    ema_values[name],
-                    param.device_mesh,
-                    param.placements,
-                    shape=param.shape,
-                    stride=param.stride(),
-                    run_check=False,
-                )
-                full[key] = ema.full_tensor().cpu()
+            # a full checkpoint of a sharded model: gather (a collective on every rank)
+            ema_full = {
+                key: dtensor(ema_local[n], p).full_tensor().cpu()
+                for key, n, p in zip(keys, self._names, self._params, strict=True)
+            }
+            # the raw weights are the strategy's full state already, unless swapped in for
+            # validation right now (then gather them too)
+            raw_full = {
+                key: dtensor(raw_local[n], p).full_tensor().cpu()
+                if self._swapped
+                else state.get(key)
+                for key, n, p in zip(keys, self._names, self._params, strict=True)
+            }
         else:
-            full = {key: ema_values[name] for key, name in zip(keys, self._names, strict=True)}
+            ema_full = {key: ema_local[n] for key, n in zip(keys, self._names, strict=True)}
+            raw_full = {key: raw_local[n] for key, n in zip(keys, self._names, strict=True)}
         if not state:
             return  # a non-zero rank of a full checkpoint: rank 0 writes it
-        checkpoint["current_model_state"] = dict(state)
-        for key, value in full.items():
+        current = dict(state)
+        for key in keys:
             if key in state:
-                state[key] = value.detach().clone().to(state[key].device)
+                device = state[key].device
+                if raw_full[key] is not state[key]:
+                    current[key] = raw_full[key].detach().clone().to(device)
+                state[key] = ema_full[key].detach().clone().to(device)
+        checkpoint["current_model_state"] = current
 
     def on_load_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]

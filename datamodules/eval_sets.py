@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from datamodules.synthedit import SynthEditGenerator
 from sama.flow import SamplingSettings
 from sama.io import read_video
 
@@ -103,8 +104,6 @@ class SynthEditEvalSet(EvalSet):
         split: str = "heldout",
         fps: float = 8.0,
     ) -> None:
-        from datamodules.synthedit import SynthEditGenerator
-
         self.num = int(num)
         self.fps = float(fps)
         self.settings = {"size": list(size), "frames": frames, "seed": seed, "split": split}

@@ -53,7 +53,7 @@ def scalars(log_dir: Path, tag: str) -> list[float]:
 def pretrain_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``sama fit --config configs/tiny/pretrain.yaml --trainer.max_steps=20`` into a temp dir."""
     out = tmp_path_factory.mktemp("runs")
-    _, wall = sama(
+    sama(
         "fit",
         "--config=configs/tiny/pretrain.yaml",
         "--trainer.max_steps=20",
@@ -62,7 +62,6 @@ def pretrain_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         f"--trainer.logger.init_args.save_dir={out}",
         "--data.init_args.val_batches_per_task=1",
     )
-    assert wall < 120, f"tiny pre-training took {wall:.0f}s"
     return out / "pretrain"
 
 

@@ -85,6 +85,10 @@ def test_validation_runs_on_the_ema_and_training_resumes_on_the_raw_weights(tmp_
         def on_validation_epoch_start(self, trainer, pl_module) -> None:  # noqa: ANN001
             seen.setdefault("val", _trainable(pl_module))
 
+        def on_validation_batch_end(self, trainer, *args) -> None:  # noqa: ANN001, ANN002
+            if not (tmp_path / "during_val.ckpt").exists():
+                trainer.save_checkpoint(tmp_path / "during_val.ckpt")
+
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
             if trainer.global_step == 4:
                 seen["after_val"] = _trainable(pl_module)
@@ -106,9 +110,13 @@ def test_validation_runs_on_the_ema_and_training_resumes_on_the_raw_weights(tmp_
     )
     trainer.fit(module, _datamodule())
     assert any(not torch.equal(seen["raw"][k], seen["ema"][k]) for k in seen["raw"])
+    during = torch.load(tmp_path / "during_val.ckpt", weights_only=False)
     for name, value in seen["ema"].items():
         assert torch.equal(seen["val"][name], value), name
         assert torch.equal(seen["after_val"][name], seen["raw"][name]), name
+        # saved while the EMA was swapped in: still EMA as state_dict, raw beside it
+        assert torch.equal(during["state_dict"][name], value), name
+        assert torch.equal(during["current_model_state"][name], seen["raw"][name]), name
 
 
 def test_checkpoint_holds_the_ema_and_resume_continues_it(tmp_path) -> None:

@@ -32,6 +32,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "sama.module",
             "sama.checkpoint_io",
             "sama.run_dir",
+            "sama.fsdp",
             "datamodules",
             "callbacks",
         ),

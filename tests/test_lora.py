@@ -229,3 +229,22 @@ def test_export_is_merged_and_the_adapter_loads_with_peft(tmp_path) -> None:
     torch.testing.assert_close(
         _outputs(load_adapter(fresh_base(), adapter)), expected, rtol=0, atol=0
     )
+
+
+def test_lora_gets_gradients_under_gradient_checkpointing() -> None:
+    from helpers_data import clip_batch
+
+    module = _module(lora=LORA, gradient_checkpointing=True)
+    for name, param in module.model.named_parameters():
+        if ".lora_B" in name:  # B starts at zero: make A's gradient non-zero too
+            torch.nn.init.normal_(param, std=0.02)
+    module.log = lambda *args, **kwargs: None
+    loss = module.training_step({**clip_batch(2, FRAMES, SIZE), "task": "tube_shuffle"}, 0)
+    loss.backward()
+    for name, param in module.model.named_parameters():
+        if param.requires_grad and name.split(".")[0] != "siglip_feat_mlp":
+            if name.startswith("semantic_head"):
+                continue  # tube_shuffle carries no semantic tokens
+            assert param.grad is not None and param.grad.abs().sum() > 0, name
+        elif not param.requires_grad:
+            assert param.grad is None, name

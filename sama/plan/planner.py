@@ -181,9 +181,10 @@ def make_plan(
         "strategies": {k: v.as_dict() for k, v in results.items()},
         "throughput": throughput,
         "formulas": {
-            "flops": "forward = linear + attention; linear = 2*n*(S*(6d^2+2dF)+2Ld^2) + embeddings"
-            " + heads; attention = n*(4S^2 d + 4SLd); training = 3*forward (4*forward executed "
-            "with gradient checkpointing)",
+            "flops": "forward = linear + attention; linear = 2*n*(S*(6d^2+2dF)+2Ld^2) + "
+            "embeddings + heads; attention = n*(4S^2 d + 4SLd); training = 3*forward - input "
+            "grads of the first layers (+1 forward executed with gradient checkpointing); "
+            "see sama/plan/costs.py",
             "activations": "per block = S d (48+10a) + 2aSF + 8Sh + 32S + Ld(4+6a); "
             "checkpointing keeps n*S*d*a + one block",
         },
