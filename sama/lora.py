@@ -29,6 +29,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from sama.files import atomic_write, write_checksums
+from sama.model import SamaTransformer
 
 __all__ = [
     "ADAPTER_CONFIG_NAME",
@@ -234,8 +235,6 @@ def save_merged(model: nn.Module, directory: str | os.PathLike[str]) -> Path:
     """Write the merged weights of a LoRA ``SamaTransformer`` as ``SamaTransformer.save_pretrained``
     does (``model.safetensors`` + ``sama_config.json``): an ordinary, LoRA-free export."""
     from accelerate import init_empty_weights
-
-    from sama.model import SamaTransformer
 
     with init_empty_weights(include_buffers=False):
         plain = SamaTransformer(

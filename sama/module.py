@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sama.checkpoint_io import load_checkpoint_file
 from sama.encoders import SemanticEncoder, TextEncoder, VideoCodec
 from sama.export import ENCODER_KEYS, Encoders, inference_from_hparams, write_export
 from sama.flow import (
@@ -371,8 +372,6 @@ class SamaModule(pl.LightningModule):
         if path.is_dir():
             state = SamaTransformer.from_pretrained(path).state_dict()
         elif path.is_file():
-            from sama.checkpoint_io import load_checkpoint_file
-
             checkpoint = load_checkpoint_file(path, what="init_from")
             if "state_dict" not in checkpoint:
                 raise ValueError(f"init_from {path}: not a Lightning checkpoint (no 'state_dict')")

@@ -19,6 +19,10 @@ import shlex
 from pathlib import Path
 from typing import IO, Any
 
+from callbacks.broken_files import BrokenFileReport
+from callbacks.preemption import PreemptionCheckpoint
+from sama.checkpoint_io import SafeCheckpointIO
+
 __all__ = [
     "LOCK_FILE",
     "RunDirError",
@@ -207,10 +211,6 @@ def trainer_extras(trainer_config: dict[str, Any], subcommand: str | None) -> di
     directory (so Lightning's SLURM ``hpc_ckpt_*.ckpt`` land in it)."""
     from lightning.pytorch.loggers import Logger
     from lightning.pytorch.plugins.io import CheckpointIO
-
-    from callbacks.broken_files import BrokenFileReport
-    from callbacks.preemption import PreemptionCheckpoint
-    from sama.checkpoint_io import SafeCheckpointIO
 
     plugins = _as_list(trainer_config.get("plugins"))
     if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):

@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from sama.checkpoint_io import CheckpointError, load_checkpoint_file
+from sama.cli import SamaCLI
+from sama.module import SamaModule
 
 __all__ = ["main"]
 
@@ -71,8 +73,6 @@ def _max_steps(config: str) -> int:
 
     import yaml
 
-    from sama.cli import SamaCLI
-
     out = io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
         SamaCLI(args=["fit", f"--config={config}", "--print_config"])
@@ -107,7 +107,6 @@ def training_seconds(log_dir: Path, max_gap: float = 600.0) -> float:
 def _export(run: Path, out: Path, wall: dict[str, float]) -> None:
     """Export stage 1's ``last.ckpt`` to ``out`` with a ``summary.json`` (checksummed with the
     rest; ``SamaModule.export`` writes beside ``out`` and renames, replacing an old export)."""
-    from sama.module import SamaModule
 
     ckpt = run / "sft" / "checkpoints" / "last.ckpt"
     if not ckpt.exists():

@@ -167,7 +167,7 @@ def test_sama_test_from_an_export_directory_matches_the_checkpoint(
     assert b == pytest.approx(a, abs=0.05)
     assert from_export["config"]["checkpoint"] == str(export)
     assert from_export["checkpoint_sha256"]
-    shifted = run(export, tmp_path / "c", "--data.init_args.shift=1.0")
+    shifted = run(export, tmp_path / "c", "--data.init_args.sampling.shift=1.0")
     assert shifted["config"]["shift"] == 1.0 and from_export["config"]["shift"] == 5.0
     assert shifted["overall"]["model"]["metrics"]["psnr"]["mean"] != pytest.approx(b, abs=1e-6)
 

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sama.encoders import EfficientNetSemanticEncoder
 from sama.evaluation.metrics import EditMetric, register_metric_family
 
 FEATURE_LAYER = "blocks"
@@ -44,7 +45,6 @@ class _FeatureEncoder:
     """
 
     def __init__(self, batch_size: int) -> None:
-        from sama.encoders import EfficientNetSemanticEncoder
 
         if batch_size < 1:
             raise ValueError(f"feature metrics: batch_size must be >= 1, got {batch_size}")

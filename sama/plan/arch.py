@@ -18,6 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from sama.lora import LoraSettings, apply_lora
+from sama.model import SamaTransformer
+from tasks.base import _import_object
+
 __all__ = [
     "WAN21_T2V",
     "SIGLIP_SO400M",
@@ -214,7 +218,6 @@ def _semantic(model: Any) -> tuple[int, int, int]:
 
 def _instantiate(spec: Any, what: str) -> Any:
     """Build an encoder this module has no size rule for (small, local weights only)."""
-    from tasks.base import _import_object
 
     try:
         cls = _import_object(str(_get(spec, "class_path")))
@@ -322,7 +325,6 @@ def _buckets(config: Any, semantic_weight: float) -> list[Bucket]:
     for task in _get(config, "model.tasks") or []:
         name = _class_name(task)
         args = _as_dict(_get(task, "init_args"))
-        from tasks.base import _import_object
 
         cls = _import_object(str(_get(task, "class_path")))
         stream = args.get("stream") or getattr(cls, "stream", "clips")
@@ -406,15 +408,12 @@ def build_meta_model(spec: ModelSpec, lora: Mapping[str, Any] | None = None) -> 
     With ``lora`` (``LoraSettings`` fields) the adapters are injected as in training, so
     ``requires_grad`` marks exactly what the optimizer would train.
     """
-    from sama.model import SamaTransformer
 
     with torch.device("meta"):
         model = SamaTransformer(
             spec.wan_config, semantic_dim=spec.semantic_dim, semantic_hidden=spec.semantic_hidden
         )
         if lora:
-            from sama.lora import LoraSettings, apply_lora
-
             apply_lora(model, LoraSettings.parse(dict(lora)))
     return model
 

@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from sama.cli import SamaCLI
 from sama.plan.arch import describe_run
 from sama.plan.fit import GIB, STRATEGIES, parse_bytes
 from sama.plan.planner import DEFAULT_PEAK_TFLOPS, make_plan
@@ -17,7 +18,6 @@ __all__ = ["load_fit_config", "plan_main", "format_plan"]
 def load_fit_config(config: str | list[str], overrides: list[str] | None = None) -> Any:
     """Parse ``config`` (one YAML or several, later ones on top, as repeated ``--config``) and
     ``--a.b=c`` overrides with SamaCLI's parser, instantiating nothing."""
-    from sama.cli import SamaCLI
 
     class _ParseOnly(SamaCLI):
         def _parse_ckpt_path(self) -> None:

@@ -28,6 +28,8 @@ from typing import Any
 
 from torch import nn
 
+from sama.lora import DEFAULT_TARGET_MODULES, SAMA_MODULES
+
 __all__ = [
     "GIB",
     "RESERVE_BYTES",
@@ -79,7 +81,6 @@ def compute_bytes(precision: str) -> int:
 def lora_trainable(model: nn.Module, rank: int, targets: tuple[str, ...] | None = None) -> int:
     """Trainable parameters LoRA of ``rank`` would give ``model`` (a plain SamaTransformer):
     ``rank x (in + out)`` per targeted ``nn.Linear`` in ``wan``, plus the SAMA modules."""
-    from sama.lora import DEFAULT_TARGET_MODULES, SAMA_MODULES
 
     targets = targets or DEFAULT_TARGET_MODULES
     adapters = 0
