@@ -41,7 +41,33 @@ __all__ = [
     "EditVerseBench",
     "ManifestEvalSet",
     "SynthEditEvalSet",
+    "check_item_id",
+    "item_file",
 ]
+
+
+def check_item_id(value: object, where: str) -> str:
+    """``value`` as a sample id that is one safe file-name component (ids name the files
+    written under an output folder: thumbs, edits, predictions); ``ValueError`` naming
+    ``where`` otherwise (an empty id, ``.`` / ``..``, a ``/`` or ``\\``, an absolute path)."""
+    text = str(value)
+    if (
+        not text
+        or text in {".", ".."}
+        or any(c in text for c in "/\\\0")
+        or Path(text).is_absolute()
+        or Path(text).name != text
+    ):
+        raise ValueError(
+            f"{where}: id {text!r} is not a safe file name; use one name without '/', '\\' "
+            "or '..' (ids name the output files)"
+        )
+    return text
+
+
+def item_file(folder: str | Path, item_id: str, suffix: str) -> Path:
+    """``folder/<item_id><suffix>``, refusing an id that would leave ``folder``."""
+    return Path(folder) / f"{check_item_id(item_id, 'sample')}{suffix}"
 
 
 @dataclass
@@ -58,6 +84,9 @@ class EvalItem:
     caption: str | None = None
     source_path: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.id = check_item_id(self.id, "EvalItem")
 
 
 class EvalSet(Dataset, ABC):
@@ -176,7 +205,7 @@ class ManifestEvalSet(EvalSet):
             for key in ("id", "source", "instruction"):
                 if key not in entry:
                     raise ValueError(f"{where}: missing field {key!r}")
-            entry["id"] = str(entry["id"])
+            entry["id"] = check_item_id(entry["id"], where)
             if entry["id"] in seen:
                 raise ValueError(f"{where}: duplicate id {entry['id']!r}; ids must be unique")
             seen.add(entry["id"])
@@ -243,7 +272,7 @@ class EditVerseBench(EvalSet):
             for name in ("<text>", "<video1>"):
                 if name not in entry:
                     raise ValueError(f"{self.path}: entry {key!r} has no {name!r} field")
-            self.entries.append((str(key), entry))
+            self.entries.append((check_item_id(key, f"{self.path}: entry {key!r}"), entry))
         if max_samples is not None:
             self.entries = self.entries[:max_samples]
         self.name = "editversebench"

@@ -237,6 +237,8 @@ class SamaModule(pl.LightningModule):
             {t.name: t.weight for t in self.tasks}, {t.name: t.stream for t in self.tasks}, seed
         )
         self.task_counts: dict[str, int] = dict.fromkeys(names, 0)
+        # per-task (fm_loss, sem_loss) of the micro-batches of the current optimizer step
+        self._task_losses: dict[str, list[tuple[Tensor, Tensor]]] = {}
 
         self.seed = seed
         self.semantic_weight = semantic_weight
@@ -555,10 +557,34 @@ class SamaModule(pl.LightningModule):
         self.task_counts[task.name] += 1
         size = sample.target.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
-        self.log(f"train/{task.name}/fm_loss", fm_loss, batch_size=size)
-        self.log(f"train/{task.name}/sem_loss", sem_loss, batch_size=size)
-        self.log(f"train/{task.name}/count", float(self.task_counts[task.name]), batch_size=size)
+        self._log_task_scalars(task.name, fm_loss, sem_loss, batch_idx)
         return loss
+
+    def _log_task_scalars(
+        self, task: str, fm_loss: Tensor, sem_loss: Tensor, batch_idx: int
+    ) -> None:
+        """``train/<task>/fm_loss``, ``sem_loss`` and ``count``, straight to the loggers at the
+        steps where the task ran (rank zero, every ``log_every_n_steps``). Not ``self.log``:
+        Lightning re-sends cached step metrics, so a task that did not run would repeat its last
+        value. Under gradient accumulation a task's losses are averaged over its micro-batches
+        of the step, logged on the step's last micro-batch."""
+        trainer = self._trainer
+        if trainer is None or not trainer.loggers:
+            return
+        self._task_losses.setdefault(task, []).append((fm_loss.detach(), sem_loss.detach()))
+        if (batch_idx + 1) % max(int(trainer.accumulate_grad_batches), 1) != 0:
+            return
+        losses, self._task_losses = self._task_losses, {}
+        every = trainer.log_every_n_steps
+        if not trainer.is_global_zero or not every or (self.global_step + 1) % every != 0:
+            return
+        metrics: dict[str, float] = {}
+        for name, values in losses.items():
+            metrics[f"train/{name}/fm_loss"] = float(torch.stack([v[0] for v in values]).mean())
+            metrics[f"train/{name}/sem_loss"] = float(torch.stack([v[1] for v in values]).mean())
+            metrics[f"train/{name}/count"] = float(self.task_counts[name])
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=self.global_step)
 
     def _evaluate(
         self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int, stage: str

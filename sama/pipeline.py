@@ -59,7 +59,10 @@ __all__ = [
     "PROMPT_PREFIX",
     "NEGATIVE_PROMPT",
     "bucket_shape",
+    "check_cuda",
+    "check_output_folder",
     "edit_main",
+    "verbose_errors",
 ]
 
 #: the prompt prefix (an alias of :data:`sama.export.EDIT_PREFIX`)
@@ -399,6 +402,52 @@ def _size(text: str) -> tuple[int, int]:
     return h, w
 
 
+def verbose_errors() -> bool:
+    """Whether a command shows the traceback of an error instead of one line: ``SAMA_VERBOSE``
+    set to anything but ``""`` / ``0`` (``sama --verbose`` sets it)."""
+    return os.environ.get("SAMA_VERBOSE", "").strip() not in {"", "0"}
+
+
+def check_cuda(device: str, option: str = "--device") -> None:
+    """Refuse a CUDA ``device`` this process cannot use, in one line naming ``option``."""
+    if not str(device).lower().startswith(("cuda", "gpu")) or torch.cuda.is_available():
+        return
+    if torch.version.cuda is None:
+        raise ValueError(
+            f"{option} {device}: CUDA was asked for but this torch build has no CUDA; "
+            f"use {option} cpu (or install a CUDA build of torch)"
+        )
+    raise ValueError(
+        f"{option} {device}: CUDA was asked for but no GPU is visible "
+        f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); use {option} cpu"
+    )
+
+
+def check_output_folder(path: str | os.PathLike[str], option: str = "--output") -> None:
+    """Make sure the folder of the file ``path`` exists (created if need be) and is writable,
+    before any long work; ``PermissionError`` / ``NotADirectoryError`` in one line otherwise."""
+    folder = Path(path).parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise NotADirectoryError(
+            f"{option} {path}: {folder} is not a folder; choose another {option}"
+        ) from None
+    except PermissionError:
+        raise PermissionError(
+            f"{option} {path}: cannot create the folder {folder}; choose another {option}"
+        ) from None
+    probe = folder / f".sama-write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise PermissionError(
+            f"{option} {path}: the folder {folder} is not writable ({err.strerror}); "
+            f"choose another {option}"
+        ) from None
+
+
 def edit_main(argv: list[str] | None = None) -> int:
     """``sama edit``: edit one video with a trained checkpoint."""
     parser = argparse.ArgumentParser(prog="sama edit", description=edit_main.__doc__)
@@ -430,9 +479,11 @@ def edit_main(argv: list[str] | None = None) -> int:
             raise FileExistsError(f"{output} exists; pass --overwrite to replace it")
         if output.suffix.lower() != ".mp4":
             raise ValueError(f"--output {output}: the output must be an .mp4 file")
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        check_cuda(device)
+        check_output_folder(output)  # before the model loads and the edit runs
         frames, fps = read_video(args.video)
         size = _size(args.size) if args.size else None
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         pipe = EditPipeline.from_checkpoint(args.checkpoint, device=device)
         result = pipe(
             frames,
@@ -448,7 +499,9 @@ def edit_main(argv: list[str] | None = None) -> int:
             size=size,
         )
         write_video(output, result.video, result.fps)
-    except (FileNotFoundError, FileExistsError, ValueError, VideoReadError) as err:
+    except (OSError, ValueError, VideoReadError) as err:
+        if verbose_errors():
+            raise
         message = str(err).replace(
             "raise it in the Wan config", "pass a smaller --size HxW or --frames"
         )

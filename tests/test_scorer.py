@@ -95,8 +95,9 @@ def test_scoring_orders_identity_model_oracle_and_resumes(tmp_path) -> None:
 
 
 def test_missing_prediction_is_reported(tmp_path, capsys) -> None:
-    manifest = _scene(tmp_path, n=1)
-    (tmp_path / "empty").mkdir()
+    manifest = _scene(tmp_path, n=2)
+    (tmp_path / "empty").mkdir()  # x0 predicted, x1 missing (all missing is an error)
+    (tmp_path / "empty" / "x0.mp4").write_bytes((tmp_path / "s0.mp4").read_bytes())
     code = benchmark_main(
         [
             "score",
@@ -110,8 +111,8 @@ def test_missing_prediction_is_reported(tmp_path, capsys) -> None:
     )
     assert code == 0
     results = json.loads((tmp_path / "o" / "results.json").read_text())
-    assert any("missing" in n and "x0" in n for n in results["notices"])
-    assert set(results["systems"]) == {"identity", "oracle"}
+    assert any("1 prediction(s) missing" in n and "x1" in n for n in results["notices"])
+    assert set(results["systems"]) == {"model", "identity", "oracle"}
 
 
 def test_cli_error_is_one_line(tmp_path, capsys) -> None:

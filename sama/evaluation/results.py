@@ -42,6 +42,8 @@ __all__ = [
 SCHEMA_VERSION = 1
 RESULTS_FILENAME = "results.json"
 PARTIAL_FILENAME = "results.partial.jsonl"
+#: marks a tombstone line of :meth:`ResultsLog.discard` (the record it names is withdrawn)
+DISCARDED_KEY = "discarded"
 
 BASELINE_SYSTEMS = {
     "identity": "edit = source (no edit): floor for editing metrics, ceiling for preservation",
@@ -215,12 +217,28 @@ class ResultsLog:
             handle.flush()
             os.fsync(handle.fileno())
 
+    def discard(self, sample_id: str, system: str = "model") -> None:
+        """Withdraw the record of ``(sample_id, system)`` (a tombstone line; the log stays
+        append-only): :meth:`records` no longer returns it."""
+        self.append({"id": sample_id, "system": system, DISCARDED_KEY: True})
+
     def records(self) -> list[dict[str, Any]]:
-        """Every record logged so far, in order."""
+        """The current record of each ``(id, system)`` logged so far, in the order they were
+        last written: a record appended again (re-scored) replaces the earlier one, and a
+        :meth:`discard` withdraws it."""
         if not self.path.exists():
             return []
+        latest: dict[tuple[str, str], dict[str, Any]] = {}
         with open(self.path, encoding="utf-8") as handle:
-            return [json.loads(line) for line in handle if line.strip()]
+            for line in handle:
+                if not line.strip():
+                    continue
+                record = json.loads(line)
+                key = (str(record["id"]), record.get("system") or "model")
+                latest.pop(key, None)  # a replacement moves to the end
+                if not record.get(DISCARDED_KEY):
+                    latest[key] = record
+        return list(latest.values())
 
     def done_ids(self, system: str | None = None) -> set[str]:
         """Ids already logged (for ``system`` only when given; records default to ``"model"``)."""

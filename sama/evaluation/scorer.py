@@ -23,12 +23,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from datamodules.eval_sets import EditVerseBench, EvalItem, EvalSet, ManifestEvalSet
+from datamodules.eval_sets import EditVerseBench, EvalItem, EvalSet, ManifestEvalSet, item_file
 from sama.evaluation.html import write_report
 from sama.evaluation.judge import JudgeError, VLMJudge
 from sama.evaluation.metrics import EditMetric, build_metrics
 from sama.evaluation.results import PARTIAL_FILENAME, ResultsLog, write_results
-from sama.files import atomic_write_text
+from sama.files import atomic_write_text, sha256_file
 from sama.images import frame_strip, write_png
 from sama.io import VideoReadError, read_video, to_model_video
 
@@ -143,7 +143,8 @@ class EditScorer:
         self.checkpoint_hash = checkpoint_hash
         self._start_or_resume()
         self.log = ResultsLog(self.out_dir)
-        self._done = {(str(r["id"]), r.get("system") or "model") for r in self.log.records()}
+        self._records = {(str(r["id"]), r.get("system") or "model"): r for r in self.log.records()}
+        self._done = set(self._records)
 
     def _start_or_resume(self) -> None:
         """Resume the per-sample log only when it was written with the same benchmark settings
@@ -164,6 +165,17 @@ class EditScorer:
     def done(self, sample_id: str, system: str = "model") -> bool:
         return (sample_id, system) in self._done
 
+    def record(self, sample_id: str, system: str = "model") -> dict[str, Any] | None:
+        """The logged record of ``(sample_id, system)``, or None."""
+        return self._records.get((sample_id, system))
+
+    def discard(self, sample_id: str, system: str = "model") -> None:
+        """Withdraw a logged record (it no longer counts, and the sample is scored anew)."""
+        if (sample_id, system) in self._done:
+            self.log.discard(sample_id, system)
+            self._done.discard((sample_id, system))
+            self._records.pop((sample_id, system), None)
+
     def note(self, message: str) -> None:
         if message not in self.notices:
             self.notices.append(message)
@@ -178,13 +190,22 @@ class EditScorer:
         return scores
 
     def _thumb(self, item_id: str, role: str, video: Tensor) -> str:
-        path = self.thumbs / f"{item_id}_{role}.png"
+        path = item_file(self.thumbs, item_id, f"_{role}.png")
         if not path.exists():
             write_png(path, frame_strip(video.numpy()))
         return str(path)
 
-    def add(self, item: EvalItem, edit: Tensor, system: str = "model") -> dict[str, Any]:
-        """Score one edit (uint8 ``(T, H, W, 3)``) of ``item`` and log the record."""
+    def add(
+        self,
+        item: EvalItem,
+        edit: Tensor,
+        system: str = "model",
+        *,
+        prediction_sha256: str | None = None,
+    ) -> dict[str, Any]:
+        """Score one edit (uint8 ``(T, H, W, 3)``) of ``item`` and log the record (with the
+        SHA-256 of the prediction file it was read from, when given: the resume guard of
+        :func:`score_predictions`)."""
         edit, source, notes = align_prediction(edit, item.source)
         for note in notes:
             self.note(f"{system}: predictions were {note.split(' ')[0]} to match the sources")
@@ -196,6 +217,8 @@ class EditScorer:
             "metrics": self._scores(item, edit, source),
             "paths": {"source": item.source_path},
         }
+        if prediction_sha256 is not None:
+            record["prediction_sha256"] = prediction_sha256
         self._thumb(item.id, "source", source)
         if system == "model":
             self._thumb(item.id, "edit", edit)
@@ -203,6 +226,7 @@ class EditScorer:
             self._thumb(item.id, "target", item.target)
         self.log.append(record)
         self._done.add((item.id, system))
+        self._records[(item.id, system)] = record
         return record
 
     def add_baselines(self, item: EvalItem) -> None:
@@ -226,7 +250,7 @@ class EditScorer:
         for record in records:
             roles = {}
             for role in ("source", "edit", "target"):
-                path = self.thumbs / f"{record['id']}_{role}.png"
+                path = item_file(self.thumbs, str(record["id"]), f"_{role}.png")
                 if path.exists():
                     roles[role] = str(path)
             thumbnails[str(record["id"])] = roles
@@ -240,10 +264,22 @@ def score_predictions(
     output: str | Path,
     **scorer_kwargs: Any,
 ) -> tuple[Path, Path]:
-    """Score another editor's outputs ``predictions/<id>.mp4`` on ``benchmark``."""
+    """Score another editor's outputs ``predictions/<id>.mp4`` on ``benchmark``.
+
+    A sample scored by an earlier run is reused only when its prediction file still has the
+    SHA-256 stored with the record; a changed file is scored anew, and the record of a file
+    now missing or unreadable is withdrawn.
+
+    Raises:
+        FileNotFoundError: ``predictions`` is not a folder.
+        ValueError: the benchmark has no samples, or not one prediction could be scored.
+    """
     predictions = Path(predictions)
     if not predictions.is_dir():
         raise FileNotFoundError(f"predictions folder {predictions} does not exist")
+    if len(benchmark) == 0:
+        where = benchmark.describe().get("manifest") or benchmark.name
+        raise ValueError(f"{where}: the benchmark has no samples; nothing to score")
     config = {**scorer_kwargs.pop("config", {}), **benchmark.describe()}
     config["predictions"] = str(predictions)
     scorer = EditScorer(
@@ -253,22 +289,34 @@ def score_predictions(
         config=config,
         **scorer_kwargs,
     )
-    missing = []
+    missing, unreadable = [], []
     for index in tqdm(range(len(benchmark)), desc="scoring"):
         item = benchmark.item(index)
         scorer.add_baselines(item)
-        if scorer.done(item.id):
-            continue
-        path = predictions / f"{item.id}.mp4"
-        if not path.exists():
+        path = item_file(predictions, item.id, ".mp4")
+        if not path.is_file():
             missing.append(item.id)
+            scorer.discard(item.id)
             continue
+        digest = sha256_file(path)
+        cached = scorer.record(item.id)
+        if cached is not None and cached.get("prediction_sha256") == digest:
+            continue
+        scorer.discard(item.id)  # scored from other bytes (or before hashes were stored)
         try:
             edit, _ = read_video(path)
         except VideoReadError as err:
+            unreadable.append(item.id)
             scorer.note(f"prediction for {item.id} unreadable: {err.reason}")
             continue
-        scorer.add(item, edit)
+        scorer.add(item, edit, prediction_sha256=digest)
+    if len(missing) + len(unreadable) == len(benchmark):
+        first = (missing or unreadable)[0]
+        raise ValueError(
+            f"no usable prediction in {predictions}: {len(missing)} of {len(benchmark)} missing, "
+            f"{len(unreadable)} unreadable (expected <id>.mp4, e.g. {first}.mp4); point "
+            "--predictions at the folder of the edits"
+        )
     if missing:
         shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
         scorer.note(f"{len(missing)} prediction(s) missing from {predictions}: {shown}")
@@ -317,8 +365,8 @@ def benchmark_main(argv: list[str] | None = None) -> int:
             dino_path=args.dino_path,
             judge=judge,
         )
-    except (FileNotFoundError, ValueError, VideoReadError) as err:
-        print(f"sama benchmark: error: {err}", file=sys.stderr)
+    except (OSError, ValueError, VideoReadError) as err:
+        print(f"sama benchmark score: error: {err}", file=sys.stderr)
         return 2
     print(f"results: {results}\nreport:  {report}")
     return 0
