@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import pickle
 import sys
 from collections.abc import Callable
@@ -26,7 +27,9 @@ from callbacks.progress import step_counting
 from datamodules.eval_sets import EvalDataModule
 from sama.checkpoint_io import CheckpointError, load_checkpoint_file
 from sama.evaluation.evaluator import Evaluator
+from sama.io import VideoReadError
 from sama.module import SamaModule
+from sama.pipeline import check_cuda, verbose_errors
 from sama.run_dir import RunDirError, move_outputs_to_root, prepare_fit, trainer_extras
 from tasks.base import available_tasks
 
@@ -239,11 +242,35 @@ def _model_from_checkpoint(args: list[str]) -> list[str]:
     return [args[0], f"--model={json.dumps(model)}", *args[1:]]
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``sama`` and ``python -m sama``; returns the exit code."""
-    args = list(sys.argv[1:] if argv is None else argv)
+#: errors every command prints as one line ``sama <command>: error: <message>`` (exit 2): the
+#: project's own (refused / corrupt checkpoints and exports, run folders, videos, manifests and
+#: other bad values) and missing, unreadable or read-only files. ``--verbose`` or
+#: ``SAMA_VERBOSE=1`` shows the traceback instead.
+ONE_LINE_ERRORS: tuple[type[BaseException], ...] = (
+    CheckpointError,
+    RunDirError,
+    VideoReadError,
+    OSError,
+    ValueError,
+)
+
+
+def _accelerator(args: list[str]) -> str | None:
+    """``--trainer.accelerator`` given on the command line (a config file's is not read)."""
+    for i, arg in enumerate(args):
+        if arg == "--trainer.accelerator" and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("--trainer.accelerator="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _run(args: list[str]) -> int:
     if args and args[0] in EXTRA_COMMANDS:
         return EXTRA_COMMANDS[args[0]][0](args[1:])
+    accelerator = _accelerator(args)
+    if accelerator is not None:
+        check_cuda(accelerator, "--trainer.accelerator")
     # LightningCLI reads sys.argv; give it exactly the arguments meant for it
     saved = sys.argv
     # evaluation runs record their settings in results.json; only fit saves config.yaml
@@ -251,11 +278,30 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sys.argv = [saved[0] if saved else "sama", *_model_from_checkpoint(args)]
         SamaCLI(**kwargs)
-    except (CheckpointError, RunDirError) as error:
-        print(f"sama {args[0] if args else ''}: error: {error}", file=sys.stderr)
-        return 2
     except SIGTERMException as stop:  # preempted: never report a finished run
         return stop.code if isinstance(stop.code, int) and stop.code else 128 + 15
     finally:
         sys.argv = saved
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``sama`` and ``python -m sama``; returns the exit code.
+
+    ``--verbose`` (anywhere; or ``SAMA_VERBOSE=1``) shows the traceback of an error; without
+    it the errors of :data:`ONE_LINE_ERRORS` are one line on stderr and exit 2."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--verbose" in args:
+        args = [arg for arg in args if arg != "--verbose"]
+        os.environ["SAMA_VERBOSE"] = "1"  # the subcommands' own error handling reads it too
+    try:
+        return _run(args)
+    except ONE_LINE_ERRORS as error:
+        if verbose_errors():
+            raise
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(
+            f"sama {args[0] if args else ''}: error: {message} (--verbose shows the traceback)",
+            file=sys.stderr,
+        )
+        return 2

@@ -31,6 +31,7 @@ from sama.evaluation.results import PARTIAL_FILENAME, ResultsLog, write_results
 from sama.files import atomic_write_text, sha256_file
 from sama.images import frame_strip, write_png
 from sama.io import VideoReadError, read_video, to_model_video
+from sama.pipeline import verbose_errors
 
 #: settings + checkpoint hash of the samples in ``results.partial.jsonl`` (resume guard)
 RUN_KEY_FILENAME = "run_key.json"
@@ -366,6 +367,8 @@ def benchmark_main(argv: list[str] | None = None) -> int:
             judge=judge,
         )
     except (OSError, ValueError, VideoReadError) as err:
+        if verbose_errors():
+            raise
         print(f"sama benchmark score: error: {err}", file=sys.stderr)
         return 2
     print(f"results: {results}\nreport:  {report}")
