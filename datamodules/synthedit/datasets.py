@@ -56,6 +56,17 @@ def _pair_item(sample: SynthEditSample) -> dict[str, Any]:
     }
 
 
+def image_pair_item(sample: SynthEditSample, draw: int) -> dict[str, Any]:
+    """One frame of a video pair as a 1-frame pair item: the ``draw``-th (mod count) of the
+    frames where the edit changes pixels. Layouts as :func:`_pair_item` with ``T = 1``."""
+    changed = (sample.target != sample.source).flatten(1).any(dim=1).nonzero().flatten()
+    frame = int(changed[draw % len(changed)])
+    item = _pair_item(sample)
+    for key in ("source", "target", "mask"):
+        item[key] = item[key][:, frame : frame + 1]
+    return item
+
+
 class SynthEditPairs(_SynthEditDataset):
     """Video edit pairs: ``{"source", "target": (3, T, H, W), "mask": (1, T, H, W),
     "instruction", "id", "category"}``.
@@ -78,15 +89,9 @@ class SynthEditImagePairs(_SynthEditDataset):
     """
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        sample = self.sample_raw(index)
         generator = self.generator
-        changed = (sample.target != sample.source).flatten(1).any(dim=1).nonzero().flatten()
         draw = sample_seed(generator.seed, generator.split, index) >> 8
-        frame = int(changed[draw % len(changed)])
-        item = _pair_item(sample)
-        for key in ("source", "target", "mask"):
-            item[key] = item[key][:, frame : frame + 1]
-        return item
+        return image_pair_item(self.sample_raw(index), draw)
 
 
 class SynthEditClips(_SynthEditDataset):

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from datamodules.synthedit.datasets import _pair_item
+from datamodules.synthedit.datasets import _pair_item, image_pair_item
 from datamodules.synthedit.generator import SPLITS, SynthEditSample
 from datamodules.synthedit.scenes import (
     STYLE_CAPTIONS,
@@ -542,15 +542,9 @@ class RealFootageImagePairs(_RealFootageDataset):
     """
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        sample = self.sample_raw(index)
         generator = self.generator
-        changed = (sample.target != sample.source).flatten(1).any(dim=1).nonzero().flatten()
         draw = real_sample_seed(generator.seed, generator.split, index) >> 8
-        frame = int(changed[draw % len(changed)])
-        item = _pair_item(sample)
-        for key in ("source", "target", "mask"):
-            item[key] = item[key][:, frame : frame + 1]
-        return item
+        return image_pair_item(self.sample_raw(index), draw)
 
 
 class RealFootageClips(_RealFootageDataset):
