@@ -30,7 +30,6 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import pickle
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -39,10 +38,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import torch
 from accelerate import init_empty_weights
 
 import sama.encoders as encoders_module
+from sama.checkpoint_files import load_checkpoint_file
 from sama.encoders import SemanticEncoder, TextEncoder, VideoCodec
 from sama.files import (
     CHECKSUMS_FILE,
@@ -378,12 +377,8 @@ def read_checkpoint(path: str | os.PathLike[str]) -> LoadedEditor:
     (the EMA weights when the run averaged them).
     """
     path = Path(path)
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"{path}: not a loadable Lightning checkpoint ({first})") from None
-    if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint:
+    checkpoint = load_checkpoint_file(path, what="--checkpoint")
+    if "state_dict" not in checkpoint:
         raise ValueError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
     if checkpoint.get("sama_lora") is not None:
         raise ValueError(

@@ -18,7 +18,18 @@ PACKAGES = ("sama", "tasks", "datamodules", "callbacks")
 
 #: (layer name, module-name prefixes); a module takes the layer of its longest matching prefix
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("sama", "sama.files", "sama.seeds", "sama.io", "sama.images", "sama.assets")),
+    (
+        "base",
+        (
+            "sama",
+            "sama.files",
+            "sama.checkpoint_files",
+            "sama.seeds",
+            "sama.io",
+            "sama.images",
+            "sama.assets",
+        ),
+    ),
     (
         "model",
         ("sama.model", "sama.encoders", "sama.latent_cache", "sama.flow", "sama.checkpoints"),

@@ -144,10 +144,29 @@ def test_train_tiny_refuses_a_pickle_payload_as_last_ckpt(
 def test_sama_commands_refuse_a_pickle_payload(payload: tuple[Path, Path], tmp_path: Path) -> None:
     path, marker = payload
     runs = tmp_path / "runs"
+    video = tmp_path / "in.mp4"
+    write_video(video, torch.zeros(5, 32, 32, 3, dtype=torch.uint8), 8.0)
     cases = {
         "init_from": fit_args(runs / "a", 2, f"--model.init_from={path}"),
         "fit --ckpt_path": fit_args(runs / "b", 2, f"--ckpt_path={path}"),
         "test --ckpt_path": ["test", "--config=configs/eval/synthedit.yaml", f"--ckpt_path={path}"],
+        "predict --ckpt_path": [
+            "predict",
+            "--config=configs/eval/synthedit.yaml",
+            f"--ckpt_path={path}",
+        ],
+        "validate --ckpt_path": [
+            "validate",
+            "--config=configs/tiny/pretrain.yaml",
+            f"--ckpt_path={path}",
+        ],
+        "edit --checkpoint": [
+            "edit",
+            f"--checkpoint={path}",
+            f"--video={video}",
+            "--instruction=make it blue",
+            f"--output={tmp_path / 'edit' / 'out.mp4'}",
+        ],
     }
     for case, args in cases.items():
         done = run(*args)
