@@ -34,7 +34,7 @@ def test_two_ranks_train_the_same_task_sequence(tmp_path: Path) -> None:
                         }
                     ],
                 },
-                "model": {"seed": 7},
+                "seed_everything": 7,  # the one seed: SamaCLI derives model.seed from it
             }
         )
     )
