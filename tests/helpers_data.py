@@ -11,11 +11,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 from torch.utils.data import Dataset
+
+from datamodules import SamaDataModule
 
 CAPTIONS = ("a red ball rolls to the left", "", "waves under a grey sky", "a cat walks")
 INSTRUCTIONS = ("Make the ball blue", "Remove the cat", "Turn the sky orange")
@@ -162,3 +165,28 @@ class TaskRecorder(Callback):
         path = Path(self.out_dir) / f"rank{trainer.global_rank}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.seen))
+
+
+def tiny_datamodule(frames: int = 5, size: tuple[int, int] = (16, 16)) -> SamaDataModule:
+    """The module tests' data: 8 smooth clips and 8 one-frame smooth pairs, batch 2."""
+    return SamaDataModule(
+        clips=[SmoothClips(8, frames, size)],
+        image_pairs=[SmoothPairs(8, 1, size)],
+        batch_size=2,
+        val_batches_per_task=1,
+    )
+
+
+def tiny_trainer(tmp_path: Path, max_steps: int, **kwargs: object) -> pl.Trainer:
+    """A quiet CPU trainer for ``max_steps`` (no logger, no bars, no validation unless asked)."""
+    options = {"limit_val_batches": 0, **kwargs}
+    return pl.Trainer(
+        default_root_dir=tmp_path,
+        max_steps=max_steps,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        **options,
+    )

@@ -7,7 +7,13 @@ import copy
 import lightning.pytorch as pl
 import pytest
 import torch
-from helpers_data import SmoothClips, SmoothPairs, clip_batch, pair_batch, tiny_model_config
+from helpers_data import (
+    clip_batch,
+    pair_batch,
+    tiny_datamodule,
+    tiny_model_config,
+    tiny_trainer,
+)
 from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 
 from datamodules import SamaDataModule
@@ -31,26 +37,11 @@ def _batch(task: str) -> dict:
 
 
 def _datamodule() -> SamaDataModule:
-    return SamaDataModule(
-        clips=[SmoothClips(8, FRAMES, SIZE)],
-        image_pairs=[SmoothPairs(8, 1, SIZE)],
-        batch_size=2,
-        val_batches_per_task=1,
-    )
+    return tiny_datamodule(FRAMES, SIZE)
 
 
 def _trainer(tmp_path, max_steps: int, **kwargs: object) -> pl.Trainer:
-    return pl.Trainer(
-        default_root_dir=tmp_path,
-        max_steps=max_steps,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        **kwargs,
-    )
+    return tiny_trainer(tmp_path, max_steps, **kwargs)
 
 
 @pytest.mark.parametrize(
