@@ -15,7 +15,7 @@ help:
 	@echo "make test-all  fast + slow tests (DDP on CPU, resume, long training)"
 	@echo "make lint      ruff check + ruff format --check"
 	@echo "make bench     performance scripts under benchmarks/"
-	@echo "make train-tiny  reproduce the shipped tiny editor (resumable; MAX_TIME=00:00:45:00, RUN=dir)"
+	@echo "make train-tiny  reproduce a shipped editor (resumable; RECIPE=real-editor, MAX_TIME=00:00:45:00, RUN=dir)"
 	@echo "make clean     remove caches and build outputs (keeps .venv and runs/)"
 
 # torch is installed first and alone, so that no later step lets it float to a CUDA build.
@@ -46,7 +46,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 train-tiny: $(STAMP)
-	$(BIN)/python -m sama.train_tiny $(if $(MAX_TIME),--max-time $(MAX_TIME)) $(if $(RUN),--run $(RUN))
+	$(BIN)/python -m sama.train_tiny $(if $(RECIPE),--recipe $(RECIPE)) $(if $(MAX_TIME),--max-time $(MAX_TIME)) $(if $(RUN),--run $(RUN))
 
 bench: $(STAMP)
 	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done

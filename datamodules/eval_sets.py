@@ -5,6 +5,8 @@ truth). One small class per on-disk format:
 
 - :class:`SynthEditEvalSet`: SynthEdit's held-out test split, generated in memory (exact
   targets and masks);
+- :class:`RealFootageEvalSet`: SynthEdit on real footage, held-out clips never seen in
+  training (exact targets and masks);
 - :class:`ManifestEvalSet`: any JSONL manifest in the paired-edit format (``id``,
   ``source``, ``instruction``; ``target``, ``mask``, ``category``, ``target_caption``
   optional);
@@ -30,7 +32,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.synthedit import SynthEditGenerator
+from datamodules.synthedit import RealFootageGenerator, SynthEditGenerator
 from sama.flow import SamplingSettings
 from sama.io import read_video
 
@@ -38,6 +40,7 @@ __all__ = [
     "EvalSet",
     "EvalItem",
     "EvalDataModule",
+    "RealFootageEvalSet",
     "EditVerseBench",
     "ManifestEvalSet",
     "SynthEditEvalSet",
@@ -159,6 +162,45 @@ class SynthEditEvalSet(EvalSet):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), **self.settings}
+
+
+class RealFootageEvalSet(SynthEditEvalSet):
+    """SynthEdit-on-real-footage samples generated on the fly (default: the held-out split,
+    whose clips share no footage with training; see
+    :class:`~datamodules.synthedit.RealFootageGenerator`).
+
+    Args:
+        num: number of samples (categories cycle: recolor, replace, remove, add, style, tone).
+        size / frames / seed / categories: generator settings; sides at least 64.
+        split: ``"heldout"`` (clips never seen in training) or ``"test"`` (training footage).
+        fps: frame rate stored with the clips.
+    """
+
+    name = "real-footage"
+
+    def __init__(
+        self,
+        num: int = 48,
+        size: tuple[int, int] = (64, 64),
+        frames: int = 9,
+        seed: int = 0,
+        split: str = "heldout",
+        categories: list[str] | None = None,
+        fps: float = 8.0,
+    ) -> None:
+        self.num = int(num)
+        self.fps = float(fps)
+        self.settings = {
+            "size": list(size),
+            "frames": frames,
+            "seed": seed,
+            "split": split,
+            "categories": list(categories) if categories else None,
+        }
+        self.generator = RealFootageGenerator(
+            size=tuple(size), frames=frames, seed=seed, split=split, categories=categories
+        )
+        self.name = f"real-footage-{split}"
 
 
 def _read_mask(path: Path) -> Tensor:

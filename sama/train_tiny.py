@@ -1,12 +1,15 @@
-"""``make train-tiny``: reproduce the shipped tiny editor, resumable in chunks.
+"""``make train-tiny``: reproduce a shipped editor, resumable in chunks.
 
-Runs ``configs/tiny/editor-pretrain.yaml`` (stage 0) then ``configs/tiny/editor-sft.yaml``
-(stage 1, initialised from stage 0) into ``runs/tiny-editor/`` (``--run DIR`` or
-``$SAMA_TINY_RUN`` elsewhere, e.g. outside the checkout: run state is never committed, so a
-fresh clone trains from scratch by the recipe). Each call resumes the
+``--recipe tiny-editor`` (default) runs ``configs/tiny/editor-pretrain.yaml`` (stage 0) then
+``configs/tiny/editor-sft.yaml`` (stage 1, initialised from stage 0) into ``runs/tiny-editor/``
+and exports ``weights/tiny-editor/``; ``--recipe real-editor`` does the same with
+``configs/tiny/real-editor-{pretrain,sft}.yaml`` (64 x 64 real footage) into
+``runs/real-editor/`` and ``weights/real-editor/``. ``--run DIR`` (or ``$SAMA_TINY_RUN``)
+puts the run elsewhere, e.g. outside the checkout: run state is never committed, so a
+fresh clone trains from scratch by the recipe. Each call resumes the
 unfinished stage from its ``last.ckpt`` (saved every 100 steps), so the recipe can run in
 chunks: ``--max-time 00:00:45:00`` stops a chunk after 45 minutes. When stage 1 has reached
-its ``max_steps``, the EMA weights are exported to ``weights/tiny-editor/`` with a
+its ``max_steps``, the EMA weights are exported to ``weights/<recipe>/`` with a
 ``SHA256SUMS`` file and a ``summary.json`` (steps, training time, last logged losses and
 benchmark scalars). ``--export-now`` exports stage 1 as it stands, marked
 ``"complete": false`` in ``summary.json`` (an interim editor between chunks).
@@ -29,10 +32,19 @@ from sama.module import SamaModule
 
 __all__ = ["main"]
 
-STAGES = (
-    ("pretrain", "configs/tiny/editor-pretrain.yaml"),
-    ("sft", "configs/tiny/editor-sft.yaml"),
-)
+RECIPES: dict[str, tuple[tuple[str, str], ...]] = {
+    "tiny-editor": (
+        ("pretrain", "configs/tiny/editor-pretrain.yaml"),
+        ("sft", "configs/tiny/editor-sft.yaml"),
+    ),
+    "real-editor": (
+        ("pretrain", "configs/tiny/real-editor-pretrain.yaml"),
+        ("sft", "configs/tiny/real-editor-sft.yaml"),
+    ),
+}
+"""Each shipped editor's stages: (stage name, config), stage 1 initialised from stage 0."""
+
+STAGES = RECIPES["tiny-editor"]
 
 
 def steps_done(ckpt: Path) -> int:
@@ -104,7 +116,9 @@ def training_seconds(log_dir: Path, max_gap: float = 600.0) -> float:
     return float(sum(b - a for a, b in zip(times, times[1:], strict=False) if b - a <= max_gap))
 
 
-def _export(run: Path, out: Path, wall: dict[str, float]) -> None:
+def _export(
+    run: Path, out: Path, wall: dict[str, float], stages: tuple[tuple[str, str], ...] = STAGES
+) -> None:
     """Export stage 1's ``last.ckpt`` to ``out`` with a ``summary.json`` (checksummed with the
     rest; ``SamaModule.export`` writes beside ``out`` and renames, replacing an old export)."""
 
@@ -112,16 +126,16 @@ def _export(run: Path, out: Path, wall: dict[str, float]) -> None:
     if not ckpt.exists():
         raise SystemExit(f"train-tiny: {ckpt} does not exist; train stage 1 first")
     module = SamaModule.load_from_checkpoint(str(ckpt), map_location="cpu", weights_only=True)
-    steps = {stage: steps_done(run / stage / "checkpoints" / "last.ckpt") for stage, _ in STAGES}
-    targets = {stage: _max_steps(config) for stage, config in STAGES}
+    steps = {stage: steps_done(run / stage / "checkpoints" / "last.ckpt") for stage, _ in stages}
+    targets = {stage: _max_steps(config) for stage, config in stages}
     summary = {
-        "recipe": [config for _, config in STAGES],
+        "recipe": [config for _, config in stages],
         "complete": all(steps[stage] >= targets[stage] for stage in steps),
         "steps": steps,
         "max_steps": targets,
         "ema_weights": True,
         "training_seconds_from_logs": {
-            stage: round(training_seconds(run / stage)) for stage, _ in STAGES
+            stage: round(training_seconds(run / stage)) for stage, _ in stages
         },
         "wall_seconds_of_train_tiny_chunks": wall,
         "machine": f"{os.cpu_count()} CPU cores, no GPU",
@@ -130,7 +144,7 @@ def _export(run: Path, out: Path, wall: dict[str, float]) -> None:
     }
     module.export(out, extra_files={"summary.json": json.dumps(summary, indent=2) + "\n"})
     state = "final" if summary["complete"] else f"interim ({steps['sft']}/{targets['sft']} steps)"
-    print(f"exported the tiny editor ({state}) to {out}")
+    print(f"exported the editor ({state}) to {out}")
 
 
 def _last_scalars(log_dir: Path) -> dict[str, float]:
@@ -157,12 +171,15 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sama.train_tiny", description=__doc__)
     parser.add_argument(
-        "--run",
-        default=os.environ.get("SAMA_TINY_RUN", "runs/tiny-editor"),
-        help="run folder holding both stages' logs and checkpoints (default $SAMA_TINY_RUN or "
-        "runs/tiny-editor; put it outside the checkout to keep run state out of the repo)",
+        "--recipe", choices=sorted(RECIPES), default="tiny-editor", help="which shipped editor"
     )
-    parser.add_argument("--out", default="weights/tiny-editor", help="export folder")
+    parser.add_argument(
+        "--run",
+        default=os.environ.get("SAMA_TINY_RUN"),
+        help="run folder holding both stages' logs and checkpoints (default $SAMA_TINY_RUN or "
+        "runs/<recipe>; put it outside the checkout to keep run state out of the repo)",
+    )
+    parser.add_argument("--out", default=None, help="export folder (default weights/<recipe>)")
     parser.add_argument("--max-time", default=None, help="stop this chunk after DD:HH:MM:SS")
     parser.add_argument(
         "--export-now",
@@ -170,14 +187,16 @@ def _main(argv: list[str] | None = None) -> int:
         help="only export stage 1's last.ckpt as it is (an interim editor; summary.json says so)",
     )
     args = parser.parse_args(argv)
-    run = Path(args.run)
+    stages = RECIPES[args.recipe]
+    run = Path(args.run or f"runs/{args.recipe}")
+    out = Path(args.out or f"weights/{args.recipe}")
     wall_path = run / "wall_seconds.json"
     wall = json.loads(wall_path.read_text()) if wall_path.exists() else {}
     if args.export_now:
-        _export(run, Path(args.out), wall)
+        _export(run, out, wall, stages)
         return 0
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    for stage, config in STAGES:
+    for stage, config in stages:
         ckpt = run / stage / "checkpoints" / "last.ckpt"
         done = steps_done(ckpt)  # first: a refused checkpoint stops before anything else
         target = _max_steps(config)
@@ -192,8 +211,8 @@ def _main(argv: list[str] | None = None) -> int:
             f"--config={config}",
             f"--trainer.logger.init_args.save_dir={run}",
         ]
-        if stage != STAGES[0][0]:  # initialised from this run's stage 0, wherever --run is
-            command.append(f"--model.init_from={run / STAGES[0][0] / 'checkpoints' / 'last.ckpt'}")
+        if stage != stages[0][0]:  # initialised from this run's stage 0, wherever --run is
+            command.append(f"--model.init_from={run / stages[0][0] / 'checkpoints' / 'last.ckpt'}")
         # "last" without a checkpoint starts the stage, also in a folder left by a chunk
         # killed before its first checkpoint (sama fit refuses other re-runs into a run folder)
         command.append(f"--ckpt_path={ckpt}" if ckpt.exists() else "--ckpt_path=last")
@@ -213,7 +232,7 @@ def _main(argv: list[str] | None = None) -> int:
         if done < target:
             print(f"{stage}: stopped at {done}/{target} steps; run again to resume")
             return 0
-    _export(run, Path(args.out), wall)
+    _export(run, out, wall, stages)
     return 0
 
 
