@@ -87,12 +87,14 @@ def test_cli_checkpoint_reloads_with_its_encoders(pretrain_run: Path) -> None:
     assert module.task_sampler.weights["tube_shuffle"] == 4.0
     assert sum(module.task_counts.values()) == 20
 
-    reference = SamaTransformer(module.model.wan_config, semantic_dim=64, semantic_hidden=128)
+    dim = module.encoders.semantic.dim  # the CPU default: EfficientNet-Lite0, 320
+    assert type(module.encoders.semantic).__name__ == "EfficientNetSemanticEncoder" and dim == 320
+    reference = SamaTransformer(module.model.wan_config, semantic_dim=dim, semantic_hidden=128)
     state = {k[len("model.") :]: v for k, v in checkpoint["state_dict"].items()}
     reference.load_state_dict(state)
     x = torch.randn(1, 48, 3, 8, 8)
     text, mask = module.encoders.text.encode(["[Video edit] Make the ball blue"])
-    tokens = torch.randn(1, 65, 64)
+    tokens = torch.randn(1, 65, dim)
     t = torch.tensor([700.0])
     module.eval()
     with torch.no_grad():

@@ -17,7 +17,7 @@ PARTS = ROOT / "configs" / "_parts"
 ALL_CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if PARTS not in p.parents)
 BENCH = [p for p in ALL_CONFIGS if p.parent.name == "eval"]
 # a run config includes a part (`config:`); the others are overlays given after a run config
-# (a second --config, e.g. tiny/semantic-efficientnet.yaml)
+# (a second --config, e.g. tiny/semantic-pooled-pixel.yaml)
 CONFIGS = [p for p in ALL_CONFIGS if p not in BENCH and "config" in yaml.safe_load(p.read_text())]
 OVERLAYS = [p for p in ALL_CONFIGS if p not in BENCH and p not in CONFIGS]
 PAPER = [p for p in CONFIGS if p.parent.name.startswith("wan2.1")]

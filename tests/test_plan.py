@@ -215,7 +215,10 @@ def test_fit_overrides_and_add_on_configs_reach_the_plan(capsys) -> None:
     assert not plan["run"]["gradient_checkpointing"] and not ddp["fits"]
     assert "gradient checkpointing" in ddp["verdict"]
     tiny = str(ROOT / "configs" / "tiny" / "pretrain.yaml")
-    add_on = str(ROOT / "configs" / "tiny" / "semantic-efficientnet.yaml")
+    assert main(["plan", "--config", tiny, "--json"]) == 0
+    efficientnet = json.loads(capsys.readouterr().out)["encoders_bytes"]["semantic_encoder"]
+    assert efficientnet > 1e6  # the default EfficientNet-Lite0, built and sized
+    add_on = str(ROOT / "configs" / "tiny" / "semantic-pooled-pixel.yaml")
     assert main(["plan", "--config", tiny, "--config", add_on, "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
-    assert plan["encoders_bytes"]["semantic_encoder"] > 0  # the EfficientNet, built and sized
+    assert plan["encoders_bytes"]["semantic_encoder"] < efficientnet  # the overlay reached it
