@@ -1,22 +1,36 @@
-"""The factorization ablation at tiny scale: which parts of SAMA help editing?
+"""The factorization ablation at tiny scale: does factorized pre-training help editing?
 
-Variants (every one trained with the same total number of optimizer steps, ``P + S``):
+Variants (stage 0 = the pretext tasks on unpaired clips; SA = Semantic Anchoring):
 
-| variant      | stage 0 (P steps)                              | stage 1 (S steps) |
-|--------------|------------------------------------------------|-------------------|
-| baseline     | -  (SFT for P + S steps, no SA, no MA)         | SFT, lambda = 0   |
-| sa           | -  (SFT for P + S steps)                       | SFT + SA          |
-| ma           | pretext tasks, lambda = 0                      | SFT, lambda = 0   |
-| sa_ma        | pretext tasks + SA (the full recipe)           | SFT + SA          |
-| cube / speed / tube | that one pretext task + SA              | SFT + SA          |
-| zero_shot    | pretext tasks + SA for P + S steps             | none              |
+| variant      | stage 0                                        | stage 1        |
+|--------------|------------------------------------------------|----------------|
+| baseline     | -                                              | SFT, lambda = 0 |
+| sa           | -                                              | SFT + SA       |
+| ma           | pretext tasks, lambda = 0                      | SFT, lambda = 0 |
+| sa_ma        | pretext tasks + SA (the full recipe)           | SFT + SA       |
+| cube / speed / tube | that one pretext task + SA              | SFT + SA       |
+| zero_shot    | pretext tasks + SA                             | none           |
 
-Each (variant, seed) is scored with ``sama test`` on SynthEdit's held-out split; the table of
-mean +- std over seeds goes to ``docs/results.md`` (between marker lines) with the commands,
-machine, steps and wall time. Every run resumes from its ``last.ckpt``, and finished runs and
-benchmarks are skipped, so the ablation can be spread over several sittings::
+Three designs (``--designs a b c``):
 
-    python benchmarks/ablation.py --pretrain-steps 500 --sft-steps 500 --seeds 0 1 2
+- (a) compute-matched: every variant trains ``P + S`` optimizer steps in all (stage 0 ``P``
+  then SFT ``S``; single-stage variants SFT ``P + S``);
+- (b) the paper's: every variant gets the same SFT budget (``--fixed-sft-steps``, default
+  ``P + S``), and the two-stage variants add a stage 0 of ``P`` steps before it;
+- (c) data-limited: as (b), with SFT on only ``N`` video edit pairs (``--pairs``, small to
+  large) while raw clips and image pairs stay plentiful: the regime the factorization is for.
+
+Runs that are the same in two designs (same tasks, steps, data, initialisation and seed) are
+trained once: each stage's folder under ``--out`` is named by what it trains. Each run is
+scored with ``sama test`` on SynthEdit's held-out split (overall and per category, including
+motion EPE, warp error and the EfficientNet feature metrics); each design's tables (mean +-
+std over seeds, differences paired by seed) go to ``docs/results.md`` between its marker
+lines, and design (c)'s plot of quality against ``N`` to ``docs/images/ablation-pairs.png``.
+Every run resumes from its ``last.ckpt`` and finished runs and benchmarks are skipped, so the
+ablation can be spread over sittings (keep ``--out`` outside the checkout)::
+
+    python benchmarks/ablation.py --designs a b c --pretrain-steps 500 --sft-steps 500 \\
+        --seeds 0 1 2 --out /work/state/ablation
 """
 
 from __future__ import annotations
@@ -31,6 +45,7 @@ import sys
 import time
 from pathlib import Path
 
+from sama.files import atomic_write_text
 from sama.train_tiny import steps_done
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +57,19 @@ PRETEXT = {
 }
 SA_TASK = {"class_path": "tasks.SemanticAnchoring", "init_args": {"weight": 2}}
 VARIANTS = ["baseline", "sa", "ma", "sa_ma", "cube", "speed", "tube", "zero_shot"]
-METRICS = ["edit_region_psnr", "preservation_psnr", "psnr", "ssim"]
+METRICS = [
+    "edit_region_psnr",
+    "preservation_psnr",
+    "psnr",
+    "ssim",
+    "motion_epe",
+    "warp_error",
+    "effnet_frame",
+    "effnet_preservation",
+]
+MOTION_CATEGORIES = ("add", "replace")
+"""Categories with added or replaced moving objects: their motion EPE against the target and
+warp error are the motion-sensitive figures."""
 BEGIN, END = "<!-- ablation:begin -->", "<!-- ablation:end -->"
 
 
@@ -51,32 +78,88 @@ def _tasks(names: list[str], with_sa: bool) -> str:
     return json.dumps(tasks + ([SA_TASK] if with_sa else []))
 
 
-def plan(variant: str, p: int, s: int) -> list[dict]:
-    """The stages of one variant: ``[{"name", "config", "steps", "overrides"}]``."""
+DESIGNS = ("a", "b", "c")
+"""(a) compute-matched: every variant trains ``P + S`` steps in all; (b) the paper's: stage 0
+(``P`` steps) is added before a fixed SFT budget of ``S`` steps; (c) data-limited: as (b), with
+SFT on only ``N`` video edit pairs (raw clips and image pairs stay plentiful)."""
+
+
+def _limited_pairs(num: int) -> str:
+    """The SFT config's ``video_pairs`` streams (JSON) with ``num`` pairs each."""
+    import yaml
+
+    data = yaml.safe_load((ROOT / "configs/ablation/sft.yaml").read_text())["data"]["init_args"]
+    streams = [dict(stream) for stream in data["video_pairs"]]
+    for stream in streams:
+        stream["init_args"] = {**stream.get("init_args", {}), "num": int(num)}
+    return json.dumps(streams)
+
+
+def _stage0(key: str, steps: int) -> dict:
+    """Stage 0 with the pretext tasks ``key`` names (``all``/``all_nosa``/one task)."""
     all_pretext = ["reconstruction", "cube", "speed", "tube"]
-    sft = "configs/ablation/sft.yaml"
-    pre = "configs/ablation/pretrain.yaml"
-    no_sa = ["--model.semantic_weight=0"]
-    if variant == "baseline":
-        return [{"name": "sft", "config": sft, "steps": p + s, "overrides": no_sa}]
-    if variant == "sa":
-        return [{"name": "sft", "config": sft, "steps": p + s, "overrides": []}]
-    if variant == "zero_shot":
-        overrides = [f"--model.tasks={_tasks(all_pretext, True)}"]
-        return [{"name": "pretrain", "config": pre, "steps": p + s, "overrides": overrides}]
-    if variant == "ma":
-        stage0 = [f"--model.tasks={_tasks(all_pretext, False)}", *no_sa]
-        stage1 = no_sa
-    elif variant == "sa_ma":
-        stage0, stage1 = [f"--model.tasks={_tasks(all_pretext, True)}"], []
-    elif variant in ("cube", "speed", "tube"):
-        stage0, stage1 = [f"--model.tasks={_tasks([variant], True)}"], []
-    else:
+    names = all_pretext if key in ("all", "all_nosa") else [key]
+    overrides = [f"--model.tasks={_tasks(names, key != 'all_nosa')}"]
+    if key == "all_nosa":
+        overrides.append("--model.semantic_weight=0")
+    return {
+        "name": "pretrain",
+        "key": f"stage0/{key}/p{steps}",
+        "config": "configs/ablation/pretrain.yaml",
+        "steps": steps,
+        "overrides": overrides,
+    }
+
+
+def plan(
+    variant: str,
+    p: int,
+    s: int,
+    design: str = "a",
+    pairs: int | None = None,
+    fixed_sft: int | None = None,
+) -> list[dict]:
+    """The stages of one variant: ``[{"name", "key", "config", "steps", "overrides"}]``.
+
+    Design (a) trains stage 0 for ``p`` and SFT for ``s`` steps (single-stage variants
+    ``p + s``); designs (b) and (c) train SFT for ``fixed_sft`` steps (default ``p + s``, so
+    that their SFT-only variants are (a)'s), after a stage 0 of ``p`` steps.
+
+    ``key`` names the stage's run folder under ``--out``: a stage trained with the same tasks,
+    steps, data and initialisation has the same key in every design, so designs share runs
+    (e.g. (b)'s stage-0 runs are (a)'s, and (b)'s baseline is (a)'s when ``S_b = P_a + S_a``).
+    """
+    if design not in DESIGNS:
+        raise ValueError(f"unknown design {design!r}; choose from {DESIGNS}")
+    if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
-    return [
-        {"name": "pretrain", "config": pre, "steps": p, "overrides": stage0},
-        {"name": "sft", "config": sft, "steps": s, "overrides": stage1},
-    ]
+    if (design == "c") != (pairs is not None):
+        raise ValueError("design c needs a number of pairs; designs a and b use all pairs")
+    if design != "a":  # (b), (c): `s` is the fixed SFT budget of every variant
+        s = fixed_sft if fixed_sft is not None else p + s
+    single = p + s if design == "a" else s  # the budget of the single-stage variants
+    if variant == "zero_shot":
+        return [_stage0("all", p + s if design == "a" else p)]
+    no_sa = ["--model.semantic_weight=0"]
+    data = [] if pairs is None else [f"--data.init_args.video_pairs={_limited_pairs(pairs)}"]
+    tag = f"n{pairs}" if pairs is not None else "nall"
+
+    def sft(steps: int, overrides: list[str], init: str) -> dict:
+        return {
+            "name": "sft",
+            "key": f"sft/{variant}/{init}/s{steps}/{tag}",
+            "config": "configs/ablation/sft.yaml",
+            "steps": steps,
+            "overrides": [*overrides, *data],
+        }
+
+    if variant == "baseline":
+        return [sft(single, no_sa, "scratch")]
+    if variant == "sa":
+        return [sft(single, [], "scratch")]
+    key = {"ma": "all_nosa", "sa_ma": "all"}.get(variant, variant)
+    stage0 = _stage0(key, p)
+    return [stage0, sft(s, no_sa if variant == "ma" else [], stage0["key"].replace("/", "-"))]
 
 
 def _clip_shape(config: str) -> tuple[list[int], int]:
@@ -126,35 +209,49 @@ def _sama(args: list[str]) -> float:
     return time.monotonic() - start
 
 
-def run_one(variant: str, seed: int, args: argparse.Namespace) -> dict:
-    """Train (resuming) and benchmark one (variant, seed); returns the model's overall means."""
-    run = Path(args.out) / variant / f"seed{seed}"
+def _run_stage(stage: dict, seed: int, previous: Path | None, args: argparse.Namespace) -> Path:
+    """Train (resuming) one stage in ``--out/<key>/seed<seed>``; returns its ``last.ckpt``."""
+    run = Path(args.out) / stage["key"] / f"seed{seed}"
+    ckpt = run / stage["name"] / "checkpoints" / "last.ckpt"
+    if steps_done(ckpt) >= stage["steps"]:
+        return ckpt
     wall_path = run / "wall_seconds.json"
     wall = json.loads(wall_path.read_text()) if wall_path.exists() else {}
+    command = [
+        "fit",
+        f"--config={stage['config']}",
+        f"--seed_everything={seed}",  # also the model's and the data's seed
+        f"--trainer.max_steps={stage['steps']}",
+        f"--trainer.val_check_interval={stage['steps']}",
+        f"--trainer.logger.init_args.save_dir={run}",
+        "--trainer.enable_progress_bar=false",
+        f"--model.init_from={previous}" if previous else "--model.init_from=null",
+        *args.fit_arg,
+        *stage["overrides"],
+    ]
+    command.append(f"--ckpt_path={ckpt}" if ckpt.exists() else "--ckpt_path=last")
+    wall[stage["name"]] = wall.get(stage["name"], 0.0) + _sama(command)
+    run.mkdir(parents=True, exist_ok=True)
+    wall_path.write_text(json.dumps(wall) + "\n")
+    return ckpt
+
+
+def _wall(stage: dict, seed: int, args: argparse.Namespace) -> float:
+    path = Path(args.out) / stage["key"] / f"seed{seed}" / "wall_seconds.json"
+    return sum(json.loads(path.read_text()).values()) if path.exists() else 0.0
+
+
+def run_one(
+    variant: str, seed: int, args: argparse.Namespace, design: str = "a", pairs: int | None = None
+) -> dict:
+    """Train (resuming) and benchmark one run; returns the model's overall and per-category
+    means, the identity baseline's, and the training wall time of its stages."""
+    stages = plan(variant, args.pretrain_steps, args.sft_steps, design, pairs, args.fixed_sft_steps)
     previous = None
-    for stage in plan(variant, args.pretrain_steps, args.sft_steps):
-        ckpt = run / stage["name"] / "checkpoints" / "last.ckpt"
-        if steps_done(ckpt) < stage["steps"]:
-            command = [
-                "fit",
-                f"--config={stage['config']}",
-                f"--seed_everything={seed}",  # also the model's and the data's seed
-                f"--trainer.max_steps={stage['steps']}",
-                f"--trainer.val_check_interval={stage['steps']}",
-                f"--trainer.logger.init_args.save_dir={run}",
-                "--trainer.enable_progress_bar=false",
-                f"--model.init_from={previous}" if previous else "--model.init_from=null",
-                *args.fit_arg,
-                *stage["overrides"],
-            ]
-            if ckpt.exists():
-                command.append(f"--ckpt_path={ckpt}")
-            wall[stage["name"]] = wall.get(stage["name"], 0.0) + _sama(command)
-            run.mkdir(parents=True, exist_ok=True)
-            wall_path.write_text(json.dumps(wall) + "\n")
-        previous = ckpt
-    bench = run / "bench"
-    size, frames = _clip_shape(plan(variant, args.pretrain_steps, args.sft_steps)[-1]["config"])
+    for stage in stages:
+        previous = _run_stage(stage, seed, previous, args)
+    bench = Path(args.out) / stages[-1]["key"] / f"seed{seed}" / "bench"
+    size, frames = _clip_shape(stages[-1]["config"])
     if not (bench / "results.json").exists():
         _sama(
             [
@@ -170,14 +267,18 @@ def run_one(variant: str, seed: int, args: argparse.Namespace) -> dict:
             ]
         )
     results = json.loads((bench / "results.json").read_text())
-    overall = results["overall"]
-    row = {m: overall["model"]["metrics"].get(m, {}).get("mean") for m in METRICS}
-    row["identity"] = {m: overall["identity"]["metrics"].get(m, {}).get("mean") for m in METRICS}
-    row["wall_s"] = sum(wall.values())
+
+    def means(block: dict) -> dict:
+        return {m: block["metrics"].get(m, {}).get("mean") for m in METRICS}
+
+    row = means(results["overall"]["model"])
+    row["identity"] = means(results["overall"]["identity"])
+    row["per_category"] = {c: means(v["model"]) for c, v in results["per_category"].items()}
+    row["wall_s"] = sum(_wall(stage, seed, args) for stage in stages)
     return row
 
 
-def _fmt(values: list[float]) -> str:
+def _fmt(values: list[float | None]) -> str:
     values = [v for v in values if v is not None]
     if not values:
         return "n/a"
@@ -185,23 +286,26 @@ def _fmt(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {std:.2f}"
 
 
-def table(rows: dict[str, list[dict]]) -> str:
-    head = "| variant | seeds | " + " | ".join(METRICS) + " | train wall (s, mean) |"
-    lines = [head, "|" + "---|" * (len(METRICS) + 3)]
+def table(rows: dict[str, list[dict]], metrics: list[str] = METRICS) -> str:
+    """Mean ± std over seeds per variant, plus the identity (source returned) row."""
+    head = "| variant | seeds | " + " | ".join(metrics) + " | train wall (s, mean) |"
+    lines = [head, "|" + "---|" * (len(metrics) + 3)]
     for variant, runs in rows.items():
-        cells = [_fmt([r[m] for r in runs]) for m in METRICS]
+        cells = [_fmt([r[m] for r in runs]) for m in metrics]
         wall = statistics.mean(r["wall_s"] for r in runs)
         lines.append(f"| {variant} | {len(runs)} | " + " | ".join(cells) + f" | {wall:.0f} |")
     first = next(iter(rows.values()))
-    identity = [_fmt([r["identity"][m] for r in first]) for m in METRICS]
+    identity = [_fmt([r["identity"][m] for r in first]) for m in metrics]
     lines.append("| identity (source returned) | - | " + " | ".join(identity) + " | - |")
     return "\n".join(lines)
 
 
-def paired_table(rows: dict[str, list[dict]], reference: str = "baseline") -> str:
+def paired_table(
+    rows: dict[str, list[dict]], reference: str = "baseline", metrics: list[str] | None = None
+) -> str:
     """Each variant minus ``reference`` on the same seed (mean ± std of the differences)."""
+    metrics = metrics or ["edit_region_psnr", "preservation_psnr", "motion_epe", "effnet_frame"]
     ref = {r["seed"]: r for r in rows.get(reference, []) if "seed" in r}
-    metrics = METRICS[:2]
     lines = [
         f"| variant - {reference} | seeds | " + " | ".join(metrics) + " |",
         "|" + "---|" * (len(metrics) + 2),
@@ -218,46 +322,214 @@ def paired_table(rows: dict[str, list[dict]], reference: str = "baseline") -> st
     return "\n".join(lines)
 
 
-def write_results(path: Path, rows: dict[str, list[dict]], args: argparse.Namespace) -> None:
-    command = "python benchmarks/ablation.py " + " ".join(sys.argv[1:])
-    body = f"""{BEGIN}
-Measured with `{command}` on {platform.node() or "this machine"} ({os.cpu_count()} CPU cores,
-{platform.processor() or platform.machine()}, no GPU): stage 0 {args.pretrain_steps} steps,
-stage 1 {args.sft_steps} steps (single-stage variants: {args.pretrain_steps + args.sft_steps}),
-scored on {args.bench_samples} SynthEdit held-out samples with {args.sample_steps} sampler steps.
-Mean ± std over seeds; PSNR in dB. Training wall time summed over all runs:
-{sum(r["wall_s"] for runs in rows.values() for r in runs) / 60:.0f} min. Per-run numbers:
-`{path.with_name(path.stem + "-ablation.json").name}`.
+def category_table(rows: dict[str, list[dict]], metric: str) -> str:
+    """``metric`` per edit category (mean ± std over seeds) for every variant."""
+    categories = sorted({c for runs in rows.values() for r in runs for c in r["per_category"]})
+    lines = [
+        f"| {metric} | " + " | ".join(categories) + " |",
+        "|" + "---|" * (len(categories) + 1),
+    ]
+    for variant, runs in rows.items():
+        cells = [_fmt([r["per_category"].get(c, {}).get(metric) for r in runs]) for c in categories]
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _motion_table(rows: dict[str, list[dict]]) -> str:
+    metrics = ["motion_epe", "warp_error", "edit_region_psnr"]
+    head = "| variant | " + " | ".join(f"{c}: {m}" for c in MOTION_CATEGORIES for m in metrics)
+    lines = [head + " |", "|" + "---|" * (len(MOTION_CATEGORIES) * len(metrics) + 1)]
+    for variant, runs in rows.items():
+        cells = [
+            _fmt([r["per_category"].get(c, {}).get(m) for r in runs])
+            for c in MOTION_CATEGORIES
+            for m in metrics
+        ]
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _markers(design: str) -> tuple[str, str]:
+    return f"<!-- ablation-{design}:begin -->", f"<!-- ablation-{design}:end -->"
+
+
+_DESIGN_TEXT = {
+    "a": "compute-matched: every variant trains {total} optimizer steps in all (stage 0 {p} + "
+    "SFT {s}; single-stage variants SFT {total})",
+    "b": "the paper's: SFT {fixed} steps for every variant, stage 0 ({p} steps) added before it "
+    "(zero-shot: stage 0 only)",
+    "c": "data-limited: as (b) (SFT {fixed} steps), on only N SynthEdit video pairs (N = {pairs}); "
+    "raw clips and "
+    "image pairs stay plentiful",
+}
+
+
+def design_section(
+    design: str, rows: dict, args: argparse.Namespace, pairs: int | None = None
+) -> str:
+    """Markdown of one design (or one N of design c): overall, paired, motion and per-category
+    tables."""
+    title = f"Design ({design})" + (f", N = {pairs} pairs" if pairs is not None else "")
+    return f"""#### {title}
 
 {table(rows)}
 
 Differences from the SFT-only baseline, paired by seed (the same seed sets data, task draws
-and initialisation), in dB:
+and initialisation):
 
 {paired_table(rows)}
-{END}"""
+
+Motion-sensitive categories (added or replaced moving objects; motion EPE against the target
+and warp error, lower is better):
+
+{_motion_table(rows)}
+
+Edit-region PSNR per category:
+
+{category_table(rows, "edit_region_psnr")}
+"""
+
+
+def write_results(
+    path: Path, design: str, sections: list[str], walls: float, args: argparse.Namespace
+) -> None:
+    """Replace design ``design``'s block of ``path`` (between its markers), atomically."""
+    begin, end = _markers(design)
+    command = "python benchmarks/ablation.py " + " ".join(sys.argv[1:])
+    what = _DESIGN_TEXT[design].format(
+        p=args.pretrain_steps,
+        s=args.sft_steps,
+        total=args.pretrain_steps + args.sft_steps,
+        fixed=args.fixed_sft_steps or args.pretrain_steps + args.sft_steps,
+        pairs=", ".join(str(n) for n in args.pairs),
+    )
+    body = f"""{begin}
+Design ({design}), {what}. Measured with `{command}` on {platform.node() or "this machine"}
+({os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, no GPU), scored on
+{args.bench_samples} SynthEdit held-out samples with {args.sample_steps} sampler steps. Mean ±
+std over seeds; PSNR in dB, effnet_* are cosines (higher is better), motion EPE in pixels.
+Training wall time of the runs in these tables (shared runs counted once per table):
+{walls / 60:.0f} min. Per-run numbers: `{_runs_file(path, design).name}`.
+
+{chr(10).join(sections)}
+{end}"""
     text = path.read_text() if path.exists() else "# Results\n\n"
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + body + text[text.index(END) + len(END) :]
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + body + text[text.index(end) + len(end) :]
     else:
         text = text.rstrip() + "\n\n" + body + "\n"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    runs = path.with_name(path.stem + "-ablation.json")
-    per_run = [{"variant": v, **r} for v, rs in rows.items() for r in rs]
-    runs.with_suffix(".tmp").write_text(json.dumps(per_run, indent=1) + "\n")
-    runs.with_suffix(".tmp").replace(runs)
+    atomic_write_text(path, text)
+
+
+def _runs_file(path: Path, design: str) -> Path:
+    return path.with_name(f"{path.stem}-ablation-{design}.json")
+
+
+def plot_pairs(rows_by_n: dict[int, dict[str, list[dict]]], out: Path) -> None:
+    """Design (c): edit-region and preservation PSNR (mean ± std over seeds) against N."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = sorted(rows_by_n)
+    variants = sorted({v for rows in rows_by_n.values() for v in rows})
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    for axis, metric in zip(axes, ("edit_region_psnr", "preservation_psnr"), strict=True):
+        for variant in variants:
+            xs, ys, es = [], [], []
+            for n in counts:
+                values = [r[metric] for r in rows_by_n[n].get(variant, []) if r[metric] is not None]
+                if values:
+                    xs.append(n)
+                    ys.append(statistics.mean(values))
+                    es.append(statistics.stdev(values) if len(values) > 1 else 0.0)
+            if xs:
+                axis.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=variant)
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("SFT video edit pairs (N)")
+        axis.set_ylabel(f"{metric} (dB)")
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Ablation design (c): quality against the number of paired edits")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(out)
+
+
+def _jobs(args: argparse.Namespace) -> list[tuple[str, int | None, int, str]]:
+    """Every (design, pairs, seed, variant) to run, seed-major within each design so that a
+    sitting that stops early leaves every variant compared on the seeds finished so far."""
+    jobs = []
+    for design in args.designs:
+        for pairs in args.pairs if design == "c" else [None]:
+            for seed in args.seeds:
+                for variant in args.variants:
+                    if design == "c" and variant == "zero_shot" and pairs != args.pairs[0]:
+                        continue  # zero-shot sees no pairs: one row, shown with the first N
+                    jobs.append((design, pairs, seed, variant))
+    return jobs
+
+
+def report(results: dict, args: argparse.Namespace) -> None:
+    """Rewrite each design's block of ``--results``, its per-run JSON and design (c)'s plot."""
+    path = Path(args.results)
+    for design in args.designs:
+        counts = args.pairs if design == "c" else [None]
+        sections, by_n, walls, per_run = [], {}, 0.0, []
+        for pairs in counts:
+            rows = {}
+            for variant in args.variants:
+                key_pairs = args.pairs[0] if design == "c" and variant == "zero_shot" else pairs
+                runs = [
+                    results[(design, key_pairs, s, variant)]
+                    for s in args.seeds
+                    if (design, key_pairs, s, variant) in results
+                ]
+                if runs:
+                    rows[variant] = runs
+            if not rows:
+                continue
+            by_n[pairs] = rows
+            sections.append(design_section(design, rows, args, pairs))
+            walls += sum(r["wall_s"] for runs in rows.values() for r in runs)
+            per_run += [
+                {"design": design, "pairs": pairs, "variant": v, **r}
+                for v, rs in rows.items()
+                for r in rs
+            ]
+        if not sections:
+            continue
+        write_results(path, design, sections, walls, args)
+        atomic_write_text(_runs_file(path, design), json.dumps(per_run, indent=1) + "\n")
+        if design == "c" and len(by_n) > 1:
+            plot_pairs(by_n, Path(args.plot))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--designs", nargs="+", default=["a"], choices=DESIGNS)
     parser.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--pretrain-steps", type=int, default=500)
     parser.add_argument("--sft-steps", type=int, default=500)
+    parser.add_argument(
+        "--fixed-sft-steps",
+        type=int,
+        default=None,
+        help="designs b and c: SFT steps of every variant (default pretrain + sft steps)",
+    )
+    parser.add_argument(
+        "--pairs",
+        nargs="+",
+        type=int,
+        default=[32, 256, 2048],
+        help="design c: numbers of SFT video edit pairs, small to large",
+    )
     parser.add_argument("--bench-samples", type=int, default=32)
     parser.add_argument("--sample-steps", type=int, default=20)
     parser.add_argument(
@@ -266,8 +538,14 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="extra `sama fit` argument for every stage, e.g. --fit-arg=--data.init_args.batch_size=8",
     )
-    parser.add_argument("--out", default="runs/ablation")
+    parser.add_argument(
+        "--out",
+        default=os.environ.get("SAMA_ABLATION_RUN", "runs/ablation"),
+        help="run folder (default $SAMA_ABLATION_RUN or runs/ablation; put it outside the "
+        "checkout between sittings)",
+    )
     parser.add_argument("--results", default=str(ROOT / "docs/results.md"))
+    parser.add_argument("--plot", default=str(ROOT / "docs/images/ablation-pairs.png"))
     parser.add_argument(
         "--reverse",
         action="store_true",
@@ -275,33 +553,33 @@ def main(argv: list[str] | None = None) -> int:
         "first in the middle; a run another live process holds is skipped and read later)",
     )
     args = parser.parse_args(argv)
-    # Seed-major, and the table is rewritten after every run: a sitting that stops early still
-    # leaves every variant compared on the seeds finished so far.
-    pending = [(seed, variant) for seed in args.seeds for variant in args.variants]
+    if any(n < 1 for n in args.pairs):
+        parser.error("--pairs: every N must be at least 1")
+    pending = _jobs(args)
     if args.reverse:
         pending.reverse()
-    results: dict[tuple[int, str], dict] = {}
+    results: dict[tuple, dict] = {}
     while pending:
         held = []
-        for seed, variant in pending:
-            lock = Path(args.out) / variant / f"seed{seed}" / "run.lock"
+        for design, pairs, seed, variant in pending:
+            last = plan(
+                variant, args.pretrain_steps, args.sft_steps, design, pairs, args.fixed_sft_steps
+            )[-1]
+            lock = Path(args.out) / last["key"] / f"seed{seed}" / "run.lock"
             if not _acquire(lock):
-                held.append((seed, variant))
+                held.append((design, pairs, seed, variant))
                 continue
             try:
-                results[(seed, variant)] = {"seed": seed, **run_one(variant, seed, args)}
+                row = run_one(variant, seed, args, design, pairs)
             finally:
                 lock.unlink(missing_ok=True)
-            rows = {
-                v: [results[(s, v)] for s in args.seeds if (s, v) in results] for v in args.variants
-            }
-            write_results(Path(args.results), {v: r for v, r in rows.items() if r}, args)
+            results[(design, pairs, seed, variant)] = {"seed": seed, **row}
+            report(results, args)
         if held:
             print(f"ablation: {len(held)} run(s) held by another process; waiting", flush=True)
             time.sleep(30)
         pending = held
-    rows = {v: [results[(s, v)] for s in args.seeds] for v in args.variants}
-    print(table(rows))
+    report(results, args)
     print(f"wrote {args.results}")
     return 0
 
