@@ -51,6 +51,62 @@ def _run_seed(seed: object) -> int:
     return seed
 
 
+_LINKED_SEEDS = {"model.seed", "data.init_args.seed"}
+
+
+def _dotted_keys(data: dict, prefix: str = "") -> list[str]:
+    """Every key of a nested mapping as a dotted path (``{"model": {"seed": 1}}`` and
+    ``{"model.seed": 1}`` both give ``model.seed``)."""
+    keys = []
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        keys.append(dotted)
+        if isinstance(value, dict):
+            keys += _dotted_keys(value, dotted + ".")
+    return keys
+
+
+def _config_paths(argv: list[str]) -> list[Path]:
+    """The files ``--config`` / ``-c`` name on a command line (both ``--config X`` and
+    ``--config=X``); inline YAML strings are skipped."""
+    paths = []
+    for i, arg in enumerate(argv):
+        value = None
+        if arg in ("--config", "-c") and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith("--config="):
+            value = arg.split("=", 1)[1]
+        if value and Path(value).is_file():
+            paths.append(Path(value))
+    return paths
+
+
+def check_linked_seeds(path: Path, seen: frozenset[Path] = frozenset()) -> None:
+    """Refuse a config file (or a file it includes with ``config:``) that sets ``model.seed``
+    or ``data.init_args.seed``: jsonargparse would silently replace them with the value
+    derived from ``seed_everything``, so the file would not mean what it says."""
+    import yaml
+
+    path = path.resolve()
+    if path in seen:
+        return
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return  # jsonargparse reports unreadable files itself
+    if not isinstance(data, dict):
+        return
+    for key in _LINKED_SEEDS & set(_dotted_keys(data)):
+        raise ValueError(
+            f"{path}: sets {key}, which is derived from seed_everything (the one seed of "
+            "a run); set seed_everything instead"
+        )
+    included = data.get("config")
+    for name in included if isinstance(included, list) else [included]:
+        if isinstance(name, str) and (path.parent / name).is_file():
+            check_linked_seeds(path.parent / name, seen | {path})
+
+
 class SamaCLI(LightningCLI):
     """LightningCLI with :class:`~sama.module.SamaModule` and any ``LightningDataModule``
     (``data.class_path: datamodules.streams.SamaDataModule``).
@@ -61,6 +117,8 @@ class SamaCLI(LightningCLI):
     def __init__(self, args: list[str] | None = None, **kwargs: object) -> None:
         available_tasks()  # import third-party tasks (entry points) so YAML can name them
         importlib.import_module("datamodules")
+        for path in _config_paths(list(sys.argv[1:] if args is None else args)):
+            check_linked_seeds(path)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("seed_everything_default", 0)  # an integer: it derives the other seeds
         kwargs.setdefault(

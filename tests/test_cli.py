@@ -169,3 +169,24 @@ def test_extra_commands_are_dispatched_before_lightning(monkeypatch: pytest.Monk
     assert cli.main(["hello", "--loud", "x"]) == 3
     assert received == [["--loud", "x"]]
     assert "hello" in cli._extra_help() and "say hello" in cli._extra_help()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "model:\n  seed: 5\n",
+        "model.seed: 5\n",
+        "data.init_args.seed: 4\n",
+        "data:\n  init_args:\n    seed: 4\n",
+    ],
+)
+def test_a_config_file_setting_a_derived_seed_is_refused(tmp_path: Path, capsys, text: str) -> None:
+    # jsonargparse would silently replace these with the value derived from seed_everything
+    included = tmp_path / "part.yaml"
+    included.write_text(f"config: {ROOT / 'configs/tiny/sft.yaml'}\n{text}")
+    run = tmp_path / "run.yaml"
+    run.write_text("config: part.yaml\nseed_everything: 3\n")  # the seed set in an included file
+    assert cli.main(["fit", f"--config={run}", "--print_config"]) == 2
+    err = capsys.readouterr().err
+    assert "part.yaml: sets" in err and "set seed_everything instead" in err
+    assert len(err.strip().splitlines()) == 1
