@@ -109,7 +109,7 @@ class PreemptionCheckpoint(pl.Callback):
             self.stopped_by = signal.SIGTERM
         self._restore()
         path = last_checkpoint_path(trainer)
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # a full resumable checkpoint
         self.saved = path
         exception.code = 128 + int(self.stopped_by)  # `sama fit` exits 143 / 130, not 0
         if trainer.is_global_zero:

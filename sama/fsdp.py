@@ -37,6 +37,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 
 from callbacks.ema import RAW_PREFIX
+from sama.checkpoint_files import load_checkpoint_file
 from sama.files import atomic_write
 
 __all__ = ["SamaFSDPStrategy", "consolidate_checkpoint", "full_state_dict", "shard_sama_module"]
@@ -156,7 +157,8 @@ def consolidate_checkpoint(folder: str | os.PathLike[str], output: str | os.Path
     with tempfile.TemporaryDirectory(dir=output.parent if output.parent.is_dir() else None) as tmp:
         dcp_to_torch_save(folder, Path(tmp) / "full.pt")
         tensors = torch.load(Path(tmp) / "full.pt", map_location="cpu", weights_only=True)
-    checkpoint = torch.load(folder / _METADATA_NAME, map_location="cpu", weights_only=False)
+    # weights only, like every checkpoint file sama reads: a pickled payload is refused
+    checkpoint = load_checkpoint_file(folder / _METADATA_NAME, what="sharded checkpoint metadata")
     state = tensors["state_dict"]
     raw = {k[len(RAW_PREFIX) :]: v for k, v in state.items() if k.startswith(RAW_PREFIX)}
     weights = {k: v for k, v in state.items() if not k.startswith(RAW_PREFIX)}
