@@ -222,3 +222,22 @@ def test_fit_overrides_and_add_on_configs_reach_the_plan(capsys) -> None:
     assert main(["plan", "--config", tiny, "--config", add_on, "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["encoders_bytes"]["semantic_encoder"] < efficientnet  # the overlay reached it
+
+
+def test_reduced_encoder_configs_given_inline_are_sized(capsys) -> None:
+    # UMT5TextEncoder / SiglipSemanticEncoder(config=...) are sized from that config, not as
+    # umT5-XXL / SigLIP so400m (benchmarks/real_size_cpu.py plans such a run)
+    config = str(ROOT / "configs" / "wan2.1-1.3b" / "sft.yaml")
+    args = ["plan", "--config", config, "--devices", "1", "--json"]
+    assert main(args) == 0
+    full = json.loads(capsys.readouterr().out)["encoders_bytes"]
+    umt5 = {"vocab_size": 260, "d_model": 4096, "d_kv": 64, "d_ff": 1024, "num_layers": 2}
+    siglip = {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 2}
+    reduced = [
+        f"--model.text_encoder.init_args.config={json.dumps(umt5)}",
+        f"--model.semantic_encoder.init_args.config={json.dumps(siglip)}",
+    ]
+    assert main([*args, *reduced]) == 0
+    small = json.loads(capsys.readouterr().out)["encoders_bytes"]
+    assert full["text_encoder"] > 10e9 and small["text_encoder"] < 0.5e9
+    assert full["semantic_encoder"] > 0.5e9 and small["semantic_encoder"] < 0.2e9

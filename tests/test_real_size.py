@@ -99,3 +99,19 @@ def test_gpu_benchmark_tiny_mode_runs_on_cpu(tmp_path: Path) -> None:
     assert row["s_per_step"] > 0 and row["s_per_denoising_step"] > 0
     assert row["loss"] == row["loss"]  # finite, not NaN
     assert row["parameters"]["trainable"] == row["parameters"]["total"]
+
+
+@pytest.mark.slow
+def test_real_size_lora_fit_on_cpu(tmp_path: Path, capsys) -> None:
+    # benchmarks/real_size_cpu.py: `sama fit` for 3 steps on a random Wan2.1-1.3B (bf16,
+    # LoRA r16, gradient checkpointing, 64x64x5) next to `sama plan`; exit 0 needs all 3 steps
+    # and the frozen base weights unchanged
+    from benchmarks.real_size_cpu import main as real_size_main
+
+    figures = tmp_path / "figures.json"
+    assert real_size_main(["--workdir", str(tmp_path), "--json", str(figures)]) == 0
+    record = json.loads(figures.read_text())
+    assert record["measured"]["global_step"] == 3 and record["measured"]["base_unchanged"]
+    assert record["measured"]["parameters"] > 1.4e9
+    assert record["measured"]["trainable_parameters"] < 0.05 * record["measured"]["parameters"]
+    assert "| peak RSS vs planned total (GiB) |" in capsys.readouterr().out

@@ -208,6 +208,7 @@ def _semantic(model: Any) -> tuple[int, int, int]:
         if path and (Path(path) / "config.json").is_file():
             data = json.loads((Path(path) / "config.json").read_text())
             cfg.update(data.get("vision_config", data))
+        cfg.update(_as_dict(args.get("config")))  # a reduced config given inline
         per = 2 if args.get("dtype") in ("bfloat16", "float16") else 4
         return int(cfg["hidden_size"]), 65, _siglip_params(cfg) * per
     if name == "PooledPixelSemanticEncoder":
@@ -294,7 +295,15 @@ def _text(model: Any) -> tuple[int, int, int]:
     args = _as_dict(_get(spec, "init_args"))
     if name == "UMT5TextEncoder":
         per = 2 if args.get("dtype") in ("bfloat16", "float16") else 4
-        return int(args.get("max_length", 512)), 4096, _umt5_params(UMT5_XXL) * per
+        cfg = dict(UMT5_XXL)
+        path = args.get("path")
+        for candidate in (Path(str(path)) / "text_encoder", Path(str(path))) if path else ():
+            if (candidate / "config.json").is_file():
+                data = json.loads((candidate / "config.json").read_text())
+                cfg.update({k: v for k, v in data.items() if k in UMT5_XXL})
+                break
+        cfg.update(_as_dict(args.get("config")))  # a reduced config given inline
+        return int(args.get("max_length", 512)), int(cfg["d_model"]), _umt5_params(cfg) * per
     if name == "MiniLMTextEncoder":
         return int(args.get("max_length", 64)), 384, 22_713_216 * 4
     if name == "RandomTextEncoder":
