@@ -94,11 +94,15 @@ def velocity_target(x1: Tensor, x0: Tensor) -> Tensor:
 
 
 def masked_mse(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
-    """Mean squared error over the elements the mask counts (a scalar, float32).
+    """Mean over the batch of each sample's squared error over the elements its mask counts
+    (a scalar, float32).
 
-    ``mask`` broadcasts to ``pred`` (e.g. ``(B, 1, T, H, W)`` over channels) and may be
-    fractional (weights). The mean is ``sum(mask * err) / sum(mask)`` over the broadcast shape;
-    an all-zero mask gives 0 (with a valid, zero gradient) instead of NaN.
+    ``pred``, ``target``: ``(B, ...)``. ``mask`` broadcasts to ``pred`` (e.g. ``(B, 1, T, H,
+    W)`` over channels) and may be fractional (weights). Sample ``b`` scores
+    ``sum(mask_b * err_b) / sum(mask_b)`` over its broadcast shape (0, with a valid zero
+    gradient, when its mask is all zero) and the loss is the mean of the ``B`` scores: every
+    sample weighs the same whatever its mask covers, so the loss of a batch is the mean of the
+    losses of any equal split of it (a global batch split over ranks trains as one batch).
     """
     if pred.shape != target.shape:
         raise ValueError(
@@ -107,10 +111,10 @@ def masked_mse(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tens
     err = (pred.float() - target.float()).square()
     if mask is None:
         return err.mean()
-    weight = torch.broadcast_to(mask.to(err.dtype), err.shape)
-    total = weight.sum()
+    weight = torch.broadcast_to(mask.to(err.dtype), err.shape).flatten(1)
+    total = weight.sum(dim=1)
     safe_total = torch.where(total > 0, total, torch.ones_like(total))
-    return (err * weight).sum() / safe_total
+    return ((err.flatten(1) * weight).sum(dim=1) / safe_total).mean()
 
 
 @dataclass(frozen=True)

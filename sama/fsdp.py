@@ -12,7 +12,13 @@ LightningModule to shard itself in ``configure_model``; this subclass does the s
   the transformer (patch / condition embedders, output head, SAMA's segment embedding,
   semantic projector and head, LoRA matrices included) is the root unit on ``module.model``;
 * the frozen encoders are not registered submodules: they stay whole on every rank;
-* a pure data-parallel 1-D mesh over all ranks (``tensor_parallel_size`` is 1).
+* ``sharding_strategy: FULL_SHARD`` (default): one 1-D mesh over all ranks, every rank holds
+  ``1 / W`` of the transformer; ``HYBRID_SHARD``: a 2-D ``(replicate, shard)`` mesh, the weights
+  sharded within groups of ``hybrid_shard_size`` ranks (default: the devices of one node) and
+  replicated across groups (FSDP2's HSDP: reduce-scatter inside a group, all-reduce across);
+* ``cpu_offload: true``: FSDP2's ``CPUOffloadPolicy``, the sharded parameters, their gradients
+  and the optimizer states live in host memory (pinned on GPU machines), and each unit is copied
+  to the device for its forward and backward; the optimizer steps on the CPU.
 
 Checkpoints: ``save_distributed_checkpoint=True`` writes a folder per checkpoint (each rank its
 shards, ``torch.distributed.checkpoint``); ``False`` gathers a full single-file checkpoint on
@@ -40,25 +46,41 @@ from callbacks.ema import RAW_PREFIX
 from sama.checkpoint_files import load_checkpoint_file
 from sama.files import atomic_write
 
-__all__ = ["SamaFSDPStrategy", "consolidate_checkpoint", "full_state_dict", "shard_sama_module"]
+__all__ = [
+    "SHARDING_STRATEGIES",
+    "SamaFSDPStrategy",
+    "consolidate_checkpoint",
+    "full_state_dict",
+    "shard_sama_module",
+]
 
 _METADATA_NAME = "meta.pt"  # lightning.fabric.utilities.load._METADATA_FILENAME
 
 
 def shard_sama_module(
-    module: nn.Module, mesh: Any, reshard_after_forward: bool = True
+    module: nn.Module, mesh: Any, reshard_after_forward: bool = True, cpu_offload: bool = False
 ) -> nn.Module:
     """Apply FSDP2 ``fully_shard`` to ``module.model`` (a ``SamaTransformer``): one unit per Wan
-    block, then the root unit. Idempotent (an already sharded model is left alone)."""
-    from torch.distributed.fsdp import FSDPModule, fully_shard
+    block, then the root unit. ``mesh``: 1-D (full shard) or 2-D ``(replicate, shard)``
+    (hybrid shard); ``cpu_offload``: ``CPUOffloadPolicy``. Idempotent (an already sharded
+    model is left alone)."""
+    from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, OffloadPolicy, fully_shard
 
     model = module.model
     if isinstance(model, FSDPModule):
         return module
+    options: dict[str, Any] = {
+        "mesh": mesh,
+        "reshard_after_forward": reshard_after_forward,
+        "offload_policy": CPUOffloadPolicy() if cpu_offload else OffloadPolicy(),
+    }
     for block in model.wan.blocks:
-        fully_shard(block, mesh=mesh, reshard_after_forward=reshard_after_forward)
-    fully_shard(model, mesh=mesh, reshard_after_forward=reshard_after_forward)
+        fully_shard(block, **options)
+    fully_shard(model, **options)
     return module
+
+
+SHARDING_STRATEGIES = ("FULL_SHARD", "HYBRID_SHARD")
 
 
 class SamaFSDPStrategy(ModelParallelStrategy):
@@ -68,6 +90,11 @@ class SamaFSDPStrategy(ModelParallelStrategy):
         save_distributed_checkpoint: a sharded checkpoint folder (True) or a full file (False).
         reshard_after_forward: free the gathered block weights after forward (ZeRO-3, True) or
             keep them until backward (ZeRO-2-like, more memory, less communication).
+        sharding_strategy: ``FULL_SHARD`` (shard over all ranks) or ``HYBRID_SHARD`` (shard
+            within groups of ``hybrid_shard_size`` ranks, replicate across them).
+        hybrid_shard_size: ranks per shard group of ``HYBRID_SHARD``; default the devices of one
+            node. Must divide the world size.
+        cpu_offload: keep sharded parameters, gradients and optimizer states in host memory.
         process_group_backend / timeout: as ``ModelParallelStrategy`` (gloo on CPU, NCCL on GPU).
     """
 
@@ -75,9 +102,27 @@ class SamaFSDPStrategy(ModelParallelStrategy):
         self,
         save_distributed_checkpoint: bool = True,
         reshard_after_forward: bool = True,
+        sharding_strategy: Literal["FULL_SHARD", "HYBRID_SHARD"] = "FULL_SHARD",
+        hybrid_shard_size: int | None = None,
+        cpu_offload: bool = False,
         process_group_backend: str | None = None,
         timeout: timedelta | None = default_pg_timeout,
     ) -> None:
+        if sharding_strategy not in SHARDING_STRATEGIES:
+            raise ValueError(
+                f"SamaFSDPStrategy: sharding_strategy must be one of {SHARDING_STRATEGIES}, got "
+                f"{sharding_strategy!r}"
+            )
+        if hybrid_shard_size is not None and (
+            sharding_strategy != "HYBRID_SHARD" or hybrid_shard_size < 1
+        ):
+            raise ValueError(
+                "SamaFSDPStrategy: hybrid_shard_size is the ranks per group of HYBRID_SHARD, a "
+                f"positive integer; got {hybrid_shard_size!r} with {sharding_strategy}"
+            )
+        self.sharding_strategy = sharding_strategy
+        self.hybrid_shard_size = hybrid_shard_size
+        self.cpu_offload = cpu_offload
         super().__init__(
             data_parallel_size="auto",
             tensor_parallel_size=1,
@@ -97,6 +142,25 @@ class SamaFSDPStrategy(ModelParallelStrategy):
     def data_parallel_mesh(self) -> Any:
         return self.device_mesh["data_parallel"]
 
+    def shard_mesh(self) -> Any:
+        """The mesh ``fully_shard`` gets: the 1-D data-parallel mesh (``FULL_SHARD``) or a 2-D
+        ``(replicate, shard)`` mesh of ``world / size`` groups of ``size`` ranks
+        (``HYBRID_SHARD``)."""
+        if self.sharding_strategy == "FULL_SHARD":
+            return self.data_parallel_mesh
+        from torch.distributed.device_mesh import init_device_mesh
+
+        world = self.world_size
+        size = self.hybrid_shard_size or self.num_processes
+        if world % size:
+            raise ValueError(
+                f"SamaFSDPStrategy: hybrid_shard_size {size} does not divide the {world} ranks; "
+                "give a divisor of devices x num_nodes"
+            )
+        return init_device_mesh(
+            self.root_device.type, (world // size, size), mesh_dim_names=("replicate", "shard")
+        )
+
     def setup(self, trainer: pl.Trainer) -> None:
         """As ``ModelParallelStrategy.setup``, with the sharding done here instead of in the
         module's ``configure_model``."""
@@ -107,17 +171,22 @@ class SamaFSDPStrategy(ModelParallelStrategy):
                 f"{type(self).__name__} shards SamaModule.model; {type(self.lightning_module)} "
                 "has no 'model' attribute"
             )
+        if self.cpu_offload:
+            # fully_shard moves the module to the mesh's device, then offloads the shards to
+            # host memory: the module must not be moved after sharding, nor its optimizer
+            self.model.to(self.root_device)
         shard_sama_module(
-            self.lightning_module, self.data_parallel_mesh, self.reshard_after_forward
+            self.lightning_module, self.shard_mesh(), self.reshard_after_forward, self.cpu_offload
         )
         _materialize_distributed_module(self.model, self.root_device)
         self.model = self.precision_plugin.convert_module(self.model)
-        self.model_to_device()
+        if not self.cpu_offload:
+            self.model_to_device()
         self.barrier()
         if trainer.state.fn == TrainerFn.FITTING:
             self.setup_optimizers(trainer)
         self.setup_precision_plugin()
-        if trainer.state.fn == TrainerFn.FITTING:
+        if trainer.state.fn == TrainerFn.FITTING and not self.cpu_offload:
             _optimizers_to_device(self.optimizers, self.root_device)
 
     @property

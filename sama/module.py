@@ -89,6 +89,35 @@ def _seed_of(*parts: int) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
+#: Keys of a training batch that describe the whole micro-batch, not one sample each
+#: (``SamaDataModule``'s ``task``, ``stream``, ``index`` and ``skipped``).
+_BATCH_META_KEYS = frozenset({"task", "stream", "index", "skipped"})
+
+
+def split_batch(batch: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A collated batch as ``B`` one-sample batches, in order.
+
+    Tensors (``(B, ...)``) and lists of length ``B`` are sliced to their ``[j : j + 1]``; the
+    micro-batch's own keys (``task``, ``stream``, ``index``, ``skipped``) and any other value
+    are shared. ``B`` is the first tensor's leading size; a batch without tensors is one sample.
+    """
+    sizes = [v.shape[0] for v in batch.values() if isinstance(v, Tensor) and v.ndim > 0]
+    if not sizes:
+        return [dict(batch)]
+    size = sizes[0]
+    out: list[dict[str, Any]] = []
+    for j in range(size):
+        one: dict[str, Any] = {}
+        for key, value in batch.items():
+            per_sample = key not in _BATCH_META_KEYS and (
+                (isinstance(value, Tensor) and value.ndim > 0 and value.shape[0] == size)
+                or (isinstance(value, list) and len(value) == size)
+            )
+            one[key] = value[j : j + 1] if per_sample else value
+        out.append(one)
+    return out
+
+
 def lr_factor_fn(
     warmup_steps: int, schedule: str = "constant", total_steps: int = 0, min_ratio: float = 0.1
 ) -> Callable[[int], float]:
@@ -498,29 +527,41 @@ class SamaModule(pl.LightningModule):
         )
 
     def flow_losses(
-        self, encoded: Encoded, generator: torch.Generator, t: Tensor | None = None
+        self,
+        encoded: Encoded,
+        generator: torch.Generator | Sequence[torch.Generator],
+        t: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Flow-matching and semantic losses (scalars, float32) of encoded inputs.
 
         ``t``: ``(B,)`` flow times (1 = clean), drawn with ``generator`` when ``None``; the noise
         of the target latents and then of the semantic tokens comes from ``generator``, and both
-        are noised with the same ``t``.
+        are noised with the same ``t``. ``generator`` is one generator for the batch, or one per
+        sample (``B`` of them): sample ``b`` then draws its time, latent noise and semantic
+        noise, in that order, from ``generator[b]`` alone, so what it draws does not depend on
+        the other samples of its batch.
         """
         x1, s1 = encoded.target, encoded.semantic
-        if t is None:
-            t = sample_timesteps(
-                x1.shape[0],
-                distribution=self.timestep_distribution,
-                shift=self.timestep_shift,
-                generator=generator,
-                device=self.device,
-            )
-        t = t.to(self.device, torch.float32)
-        x0 = torch.randn(x1.shape, generator=generator, device=self.device)
-        semantic_t, s0 = None, None
-        if s1 is not None:
-            s0 = torch.randn(s1.shape, generator=generator, device=self.device)
-            semantic_t = add_noise(s1, s0, t)
+        if isinstance(generator, torch.Generator):
+            t, x0, s0 = self._draw_noise(x1, s1, generator, t)
+        else:
+            if len(generator) != x1.shape[0]:
+                raise ValueError(
+                    f"flow_losses: {len(generator)} generators for a batch of {x1.shape[0]}"
+                )
+            draws = [
+                self._draw_noise(
+                    x1[b : b + 1],
+                    None if s1 is None else s1[b : b + 1],
+                    g,
+                    None if t is None else t[b : b + 1],
+                )
+                for b, g in enumerate(generator)
+            ]
+            t = torch.cat([d[0] for d in draws])
+            x0 = torch.cat([d[1] for d in draws])
+            s0 = None if s1 is None else torch.cat([d[2] for d in draws])
+        semantic_t = None if s1 is None else add_noise(s1, s0, t)
         out = self.model(
             add_noise(x1, x0, t),
             to_wan_timestep(t),
@@ -535,30 +576,75 @@ class SamaModule(pl.LightningModule):
         sem_loss = (out.semantic.float() - velocity_target(s1, s0)).abs().mean()
         return fm_loss, sem_loss
 
+    def _draw_noise(
+        self, x1: Tensor, s1: Tensor | None, generator: torch.Generator, t: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``(t, x0, s0)`` for ``x1`` ``(B, C, T, h, w)`` and ``s1`` ``(B, N, D)`` or ``None``,
+        drawn from ``generator`` in that order (``t`` only when not given)."""
+        if t is None:
+            t = sample_timesteps(
+                x1.shape[0],
+                distribution=self.timestep_distribution,
+                shift=self.timestep_shift,
+                generator=generator,
+                device=self.device,
+            )
+        t = t.to(self.device, torch.float32)
+        x0 = torch.randn(x1.shape, generator=generator, device=self.device)
+        s0 = None if s1 is None else torch.randn(s1.shape, generator=generator, device=self.device)
+        return t, x0, s0
+
     def compute_losses(
-        self, sample: EditSample, generator: torch.Generator, t: Tensor | None = None
+        self,
+        sample: EditSample,
+        generator: torch.Generator | Sequence[torch.Generator],
+        t: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """:meth:`encode` then :meth:`flow_losses`: ``(fm_loss, sem_loss)`` of ``sample``."""
         return self.flow_losses(self.encode(sample), generator, t)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        """One micro-batch. Randomness (corruption, timesteps, noise) comes from a generator
-        seeded by ``(seed, micro-batch index, rank)``: the datamodule's ``batch["index"]`` when
-        it sends one (stable under gradient accumulation and resume), else
-        ``(global_step, batch_idx)``."""
+        """One micro-batch. Randomness (corruption, timesteps, noise) is drawn per sample, from
+        a generator seeded by ``(seed, micro-batch index, global slot)``: the micro-batch index
+        is the datamodule's ``batch["index"]`` when it sends one (stable under gradient
+        accumulation and resume), else ``(global_step, batch_idx)``; sample ``j`` of rank ``r``
+        of ``W`` is global slot ``j * W + r``, the slot the datamodule reads it from. So a run
+        on ``W`` ranks with micro-batch ``B`` draws exactly what one process with ``W * B``
+        draws, and, the loss being a mean over samples, trains the same."""
         task = self._task_of(batch)
-        if "index" in batch:
-            generator = self._step_generator(int(batch["index"]), self.global_rank)
-        else:
-            generator = self._step_generator(self.global_step, batch_idx, self.global_rank)
-        sample = task.prepare(batch, generator)
-        fm_loss, sem_loss = self.compute_losses(sample, generator)
+        parts = (int(batch["index"]),) if "index" in batch else (self.global_step, batch_idx)
+        sample, generators = self.prepare_per_sample(task, batch, parts)
+        fm_loss, sem_loss = self.compute_losses(sample, generators)
         loss = fm_loss + self.semantic_weight * sem_loss
         self.task_counts[task.name] += 1
         size = sample.target.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         self._log_task_scalars(task.name, fm_loss, sem_loss, batch_idx)
         return loss
+
+    def prepare_per_sample(
+        self,
+        task: Task,
+        batch: Mapping[str, Any],
+        parts: Sequence[int],
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> tuple[EditSample, list[torch.Generator]]:
+        """``task.prepare`` run on each sample of ``batch`` alone, with that sample's generator
+        (seeded by ``(seed, *parts, j * world_size + rank)``), and the samples joined; returns
+        the sample and the generators, to draw the flow noise from next. ``rank`` and
+        ``world_size`` default to the trainer's (0 and 1 without one)."""
+        if rank is None or world_size is None:
+            trainer = self._trainer
+            rank = self.global_rank if trainer is not None else 0
+            world_size = int(trainer.world_size) if trainer is not None else 1
+        parts_per_sample = split_batch(batch)
+        generators = [
+            self._step_generator(*parts, j * world_size + rank)
+            for j in range(len(parts_per_sample))
+        ]
+        samples = [task.prepare(b, g) for b, g in zip(parts_per_sample, generators, strict=True)]
+        return EditSample.concat(samples), generators
 
     def _log_task_scalars(
         self, task: str, fm_loss: Tensor, sem_loss: Tensor, batch_idx: int

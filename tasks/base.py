@@ -23,7 +23,7 @@ import importlib
 import importlib.metadata
 import pkgutil
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
@@ -107,6 +107,39 @@ class EditSample:
                 f"EditSample: loss_mask must be (B, 1, T, H, W)={mask_shape}, got "
                 f"{tuple(self.loss_mask.shape)}"
             )
+
+    @classmethod
+    def concat(cls, samples: Sequence[EditSample]) -> EditSample:
+        """The samples joined along the batch dimension, in order. A ``loss_mask`` that some
+        samples lack counts everywhere (ones) for those; ``is_image`` and ``source_reusable``
+        are the first sample's (one task prepared them all)."""
+        if not samples:
+            raise ValueError("EditSample.concat: no samples to join")
+        if len(samples) == 1:
+            return samples[0]
+        first = samples[0]
+        if any(s.source is None for s in samples) != all(s.source is None for s in samples):
+            raise ValueError("EditSample.concat: some samples have a source and some do not")
+        source = None if first.source is None else torch.cat([s.source for s in samples])
+        loss_mask = None
+        if any(s.loss_mask is not None for s in samples):
+            loss_mask = torch.cat(
+                [
+                    s.loss_mask
+                    if s.loss_mask is not None
+                    else s.target.new_ones((s.target.shape[0], 1, *s.target.shape[2:]))
+                    for s in samples
+                ]
+            )
+        return cls(
+            source=source,
+            target=torch.cat([s.target for s in samples]),
+            instructions=[text for s in samples for text in s.instructions],
+            anchors=torch.cat([s.anchors for s in samples]),
+            loss_mask=loss_mask,
+            is_image=first.is_image,
+            source_reusable=first.source_reusable,
+        )
 
 
 def select_anchors(target: Tensor, count: int) -> Tensor:

@@ -80,11 +80,17 @@ def test_masked_mse() -> None:
     torch.testing.assert_close(masked_mse(pred, target), F.mse_loss(pred, target))
     mask = (torch.rand(2, 1, 2, 4, 4) > 0.5).float()
     full_mask = mask.expand_as(pred).bool()
-    expected = (pred - target)[full_mask].square().mean()
-    torch.testing.assert_close(masked_mse(pred, target, mask), expected)
+    per_sample = [(pred - target)[b][full_mask[b]].square().mean() for b in range(2)]
+    torch.testing.assert_close(masked_mse(pred, target, mask), torch.stack(per_sample).mean())
     weights = torch.rand(2, 1, 2, 4, 4)
-    weighted = ((pred - target).square() * weights).sum() / (weights.sum() * 3)
-    torch.testing.assert_close(masked_mse(pred, target, weights), weighted)
+    weighted = [
+        ((pred[b] - target[b]).square() * weights[b]).sum() / (weights[b].sum() * 3)
+        for b in range(2)
+    ]
+    torch.testing.assert_close(masked_mse(pred, target, weights), torch.stack(weighted).mean())
+    # a batch's loss is the mean of its halves' losses (a global batch split over 2 ranks)
+    halves = [masked_mse(pred[b : b + 1], target[b : b + 1], mask[b : b + 1]) for b in range(2)]
+    torch.testing.assert_close(masked_mse(pred, target, mask), torch.stack(halves).mean())
 
 
 def test_masked_mse_empty_mask_is_zero_with_finite_grad() -> None:

@@ -1,5 +1,5 @@
 """FSDP2 (SamaFSDPStrategy) on CPU with gloo, 2 processes, the tiny pre-training config:
-the same losses as DDP, sharded + full checkpoints with the sharded EMA, an exact resume,
+the same losses as DDP and as one process with the same global batch, sharded + full checkpoints with the sharded EMA, an exact resume,
 and a consolidated checkpoint that `sama edit` loads."""
 
 from __future__ import annotations
@@ -21,15 +21,21 @@ STEPS = 20
 #: DDP all-reduces the gradients, FSDP2 reduce-scatters them (and clips with a DTensor norm):
 #: the same sums in another order, so the per-rank losses agree to float32 rounding.
 LOSS_TOLERANCE = 1e-5  # measured: 2.4e-7 max over 2 ranks x 20 steps
+#: One process with the global batch (8) against the mean of the 2 ranks' losses (4 each): the
+#: same samples, corruptions and noise (seeded per global slot), the batch mean taken in two
+#: halves and the gradients summed in another order.
+SINGLE_TOLERANCE = 1e-4
 
 
-def _override(path: Path, out: Path, strategy: object, max_steps: int, **extra: object) -> Path:
+def _override(
+    path: Path, out: Path, strategy: object, max_steps: int, devices: int = 2, **extra: object
+) -> Path:
     callbacks = [{"class_path": "helpers_fsdp.RankRecorder", "init_args": {"out_dir": str(out)}}]
     callbacks += extra.pop("callbacks", [])
     config = {
         "trainer": {
             "accelerator": "cpu",
-            "devices": 2,
+            "devices": devices,
             "strategy": strategy,
             "default_root_dir": str(out / "root"),
             "max_steps": max_steps,
@@ -87,6 +93,16 @@ def test_fsdp2_matches_ddp_checkpoints_resumes_and_exports(tmp_path: Path) -> No
         for a, b in zip(got, want, strict=True):
             assert a["loss"] == pytest.approx(b["loss"], abs=LOSS_TOLERANCE), (rank, a, b)
     assert _records(fsdp, 0) != _records(fsdp, 1)  # the ranks saw different samples
+    # 2 ranks x 4 train as 1 process x 8: the same loss trajectory
+    single = tmp_path / "single"
+    override = _override(tmp_path / "s.yaml", single, "auto", STEPS, devices=1)
+    sama("fit", config, f"--config={override}", "--data.init_args.batch_size=8", timeout=500)
+    one = _records(single, 0)
+    assert len(one) == STEPS
+    assert [r["task"] for r in one] == [r["task"] for r in _records(fsdp, 0)]
+    for step, (a, b, c) in enumerate(zip(one, _records(fsdp, 0), _records(fsdp, 1), strict=True)):
+        mean = (b["loss"] + c["loss"]) / 2
+        assert a["loss"] == pytest.approx(mean, abs=SINGLE_TOLERANCE), (step, a, b, c)
     sharded = ckpt / "epoch=0-step=10.ckpt"
     assert sharded.is_dir() and len(list(sharded.glob("*.distcp"))) == 2
     # consolidated in one process: the EMA (gathered shards) as state_dict, the raw beside it
@@ -250,3 +266,53 @@ def test_lora_under_fsdp2_resumes_from_sharded_and_saves_trainable_only(tmp_path
 def test_consolidate_refuses_what_is_not_a_sharded_folder(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="not a sharded checkpoint folder"):
         consolidate_checkpoint(tmp_path, tmp_path / "out.ckpt")
+
+
+@pytest.mark.slow
+def test_hybrid_shard_and_cpu_offload_train_as_full_shard(tmp_path: Path) -> None:
+    """HYBRID_SHARD (2 replica groups of 1 rank: the all-reduce path across groups) and CPU
+    offload give full shard's per-rank losses; a hybrid-sharded checkpoint folder consolidates to
+    the same weights as the full-shard run's."""
+    config = "--config=configs/tiny/pretrain.yaml"
+    steps = 6
+    saver = {
+        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+        "init_args": {"every_n_train_steps": steps, "save_top_k": -1},
+    }
+    runs = {
+        "full": {},
+        "hybrid": {"sharding_strategy": "HYBRID_SHARD", "hybrid_shard_size": 1},
+        "offload": {"cpu_offload": True},
+    }
+    for name, options in runs.items():
+        strategy = _fsdp(True)
+        strategy["init_args"].update(options)
+        override = _override(
+            tmp_path / f"{name}.yaml", tmp_path / name, strategy, steps, checkpoints=[saver]
+        )
+        sama("fit", config, f"--config={override}", timeout=500)
+    for name in ("hybrid", "offload"):
+        for rank in (0, 1):
+            got, want = _records(tmp_path / name, rank), _records(tmp_path / "full", rank)
+            assert len(got) == steps
+            for a, b in zip(got, want, strict=True):
+                assert a["task"] == b["task"]
+                assert a["loss"] == pytest.approx(b["loss"], abs=LOSS_TOLERANCE), (name, a, b)
+    merged = {}
+    for name in ("full", "hybrid", "offload"):
+        folder = tmp_path / name / "root" / "checkpoints" / f"epoch=0-step={steps}.ckpt"
+        out = consolidate_checkpoint(folder, tmp_path / f"{name}.ckpt")
+        merged[name] = torch.load(out, map_location="cpu", weights_only=True)["state_dict"]
+    for name in ("hybrid", "offload"):
+        assert merged[name].keys() == merged["full"].keys()
+        for key, value in merged["full"].items():
+            torch.testing.assert_close(merged[name][key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_fsdp_options_are_checked_in_one_line() -> None:
+    from sama.fsdp import SamaFSDPStrategy
+
+    with pytest.raises(ValueError, match="sharding_strategy must be one of"):
+        SamaFSDPStrategy(sharding_strategy="SHARD_GRAD_OP")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="hybrid_shard_size is the ranks per group"):
+        SamaFSDPStrategy(hybrid_shard_size=2)

@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 
 from datamodules import SamaDataModule
 from sama.encoders import PixelCodec
-from sama.module import SamaModule, latent_loss_mask
+from sama.module import SamaModule, latent_loss_mask, split_batch
 from tasks import CubeInpainting, EditSample
 
 FRAMES, SIZE = 5, (16, 16)
@@ -56,6 +56,57 @@ def test_training_step_gives_finite_loss_and_gradients(task: str) -> None:
     grads = [p.grad for p in module.model.parameters() if p.grad is not None]
     assert grads and any(g.abs().sum() > 0 for g in grads)
     assert module.task_counts[task] == 1
+
+
+@pytest.mark.parametrize("task", ["cube_inpainting", "speed_perturbation", "semantic_anchoring"])
+def test_a_batch_of_two_trains_as_two_ranks_of_one(task: str) -> None:
+    """What DDP / FSDP with W ranks of micro-batch B computes equals one process with W * B:
+    the same corruption and noise per sample and, the loss being a mean over samples, the mean
+    of the ranks' losses and gradients."""
+    module = _module()
+    batch = {**_batch(task), "index": 5}
+    whole, generators = module.prepare_per_sample(module.tasks_by_name[task], batch, (5,))
+    assert len(generators) == 2
+    loss = sum(
+        w * v
+        for w, v in zip(
+            (1.0, module.semantic_weight), module.compute_losses(whole, generators), strict=True
+        )
+    )
+    loss.backward()
+    grad = {n: p.grad.clone() for n, p in module.model.named_parameters() if p.grad is not None}
+    module.zero_grad()
+    rank_losses = []
+    for rank, one in enumerate(split_batch(batch)):
+        part, gens = module.prepare_per_sample(
+            module.tasks_by_name[task], one, (5,), rank=rank, world_size=2
+        )
+        torch.testing.assert_close(part.target, whole.target[rank : rank + 1])
+        torch.testing.assert_close(part.source, whole.source[rank : rank + 1])
+        fm, sem = module.compute_losses(part, gens)
+        rank_loss = fm + module.semantic_weight * sem
+        (rank_loss / 2).backward()  # DDP averages the ranks' gradients
+        rank_losses.append(rank_loss.detach())
+    torch.testing.assert_close(loss.detach(), torch.stack(rank_losses).mean(), rtol=1e-5, atol=1e-6)
+    for name, p in module.model.named_parameters():
+        if name in grad:
+            torch.testing.assert_close(p.grad, grad[name], rtol=1e-4, atol=1e-6, msg=name)
+    # another rank layout draws other noise: the global slots, not the batches, are seeded
+    swapped, gens = module.prepare_per_sample(
+        module.tasks_by_name[task], split_batch(batch)[0], (5,), rank=1, world_size=2
+    )
+    fm, sem = module.compute_losses(swapped, gens)
+    assert (fm + module.semantic_weight * sem).item() != pytest.approx(rank_losses[0].item())
+
+
+def test_split_batch_slices_samples_and_shares_the_batch_keys() -> None:
+    batch = {**clip_batch(3, FRAMES, SIZE), "task": "x", "index": 4, "skipped": [["a", "b"]] * 3}
+    parts = split_batch(batch)
+    assert len(parts) == 3
+    assert all(
+        p["task"] == "x" and p["index"] == 4 and p["skipped"] == batch["skipped"] for p in parts
+    )
+    torch.testing.assert_close(torch.cat([p["video"] for p in parts]), batch["video"])
 
 
 def test_semantic_weight_zero_never_runs_the_semantic_encoder() -> None:
