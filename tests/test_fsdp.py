@@ -24,7 +24,7 @@ LOSS_TOLERANCE = 1e-5  # measured: 2.4e-7 max over 2 ranks x 20 steps
 #: One process with the global batch (8) against the mean of the 2 ranks' losses (4 each): the
 #: same samples, corruptions and noise (seeded per global slot), the batch mean taken in two
 #: halves and the gradients summed in another order.
-SINGLE_TOLERANCE = 1e-4
+SINGLE_TOLERANCE = 1e-5  # measured: 2.4e-7 max over 20 steps
 
 
 def _override(
