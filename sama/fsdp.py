@@ -72,7 +72,10 @@ def shard_sama_module(
     options: dict[str, Any] = {
         "mesh": mesh,
         "reshard_after_forward": reshard_after_forward,
-        "offload_policy": CPUOffloadPolicy() if cpu_offload else OffloadPolicy(),
+        # pinned host memory needs an accelerator; on a CPU mesh there is nothing to copy
+        "offload_policy": CPUOffloadPolicy(pin_memory=mesh.device_type != "cpu")
+        if cpu_offload
+        else OffloadPolicy(),
     }
     for block in model.wan.blocks:
         fully_shard(block, **options)
