@@ -61,3 +61,56 @@ def test_two_ranks_train_the_same_task_sequence(tmp_path: Path) -> None:
     )
     assert [task for _, task in ranks[0]] == sampler.sequence(0, 12)
     assert len({task for _, task in ranks[0]}) >= 3
+
+
+@pytest.mark.slow
+def test_lora_under_ddp_trains_the_adapters_and_saves_trainable_only(tmp_path: Path) -> None:
+    """`model.lora` with 2-process DDP: both ranks train (finite losses), the checkpoint holds
+    only LoRA matrices and SAMA's own modules, and the LoRA B matrices left zero."""
+    import torch
+
+    out = tmp_path / "out"
+    override = tmp_path / "ddp.yaml"
+    override.write_text(
+        yaml.safe_dump(
+            {
+                "trainer": {
+                    "accelerator": "cpu",
+                    "devices": 2,
+                    "strategy": "ddp",
+                    "max_steps": 4,
+                    "enable_progress_bar": False,
+                    "logger": False,
+                    "default_root_dir": str(out / "root"),
+                    "limit_val_batches": 0,
+                    "callbacks": [
+                        {
+                            "class_path": "helpers_fsdp.RankRecorder",
+                            "init_args": {"out_dir": str(out)},
+                        },
+                        {
+                            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                            "init_args": {"every_n_train_steps": 4, "save_top_k": -1},
+                        },
+                    ],
+                },
+                "seed_everything": 7,
+            }
+        )
+    )
+    lora = "--model.lora={rank: 4, alpha: 8}"
+    sama("fit", "--config=configs/tiny/pretrain.yaml", f"--config={override}", lora, timeout=500)
+    for rank in (0, 1):
+        lines = (out / f"rank{rank}.jsonl").read_text().splitlines()
+        losses = [json.loads(line)["loss"] for line in lines]
+        assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
+    checkpoint = out / "root" / "checkpoints" / "epoch=0-step=4.ckpt"
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    keys = [k for k in state if k.startswith("model.")]
+    assert keys and all(
+        ".lora_" in k
+        or k.split(".")[1] in ("segment_embedding", "siglip_feat_mlp", "semantic_head")
+        for k in keys
+    )
+    lora_b = [v for k, v in state.items() if ".lora_B." in k]
+    assert lora_b and any(bool(v.abs().sum() > 0) for v in lora_b)
