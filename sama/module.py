@@ -45,7 +45,7 @@ from sama.lora import LoraExport, LoraSettings, apply_lora, load_base_weights
 from sama.model import SamaTransformer
 from sama.pipeline import EditPipeline
 from sama.seeds import stable_seed
-from tasks.base import EditSample, Task
+from tasks.base import EditSample, Task, split_batch
 from tasks.sampler import TaskSampler
 
 __all__ = [
@@ -87,35 +87,6 @@ def _seed_of(*parts: int) -> int:
     """A 63-bit seed derived from integers alone (platform independent)."""
     digest = hashlib.blake2b(struct.pack(f"<{len(parts)}q", *parts), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
-
-
-#: Keys of a training batch that describe the whole micro-batch, not one sample each
-#: (``SamaDataModule``'s ``task``, ``stream``, ``index`` and ``skipped``).
-_BATCH_META_KEYS = frozenset({"task", "stream", "index", "skipped"})
-
-
-def split_batch(batch: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """A collated batch as ``B`` one-sample batches, in order.
-
-    Tensors (``(B, ...)``) and lists of length ``B`` are sliced to their ``[j : j + 1]``; the
-    micro-batch's own keys (``task``, ``stream``, ``index``, ``skipped``) and any other value
-    are shared. ``B`` is the first tensor's leading size; a batch without tensors is one sample.
-    """
-    sizes = [v.shape[0] for v in batch.values() if isinstance(v, Tensor) and v.ndim > 0]
-    if not sizes:
-        return [dict(batch)]
-    size = sizes[0]
-    out: list[dict[str, Any]] = []
-    for j in range(size):
-        one: dict[str, Any] = {}
-        for key, value in batch.items():
-            per_sample = key not in _BATCH_META_KEYS and (
-                (isinstance(value, Tensor) and value.ndim > 0 and value.shape[0] == size)
-                or (isinstance(value, list) and len(value) == size)
-            )
-            one[key] = value[j : j + 1] if per_sample else value
-        out.append(one)
-    return out
 
 
 def lr_factor_fn(
@@ -634,10 +605,10 @@ class SamaModule(pl.LightningModule):
         (seeded by ``(seed, *parts, j * world_size + rank)``), and the samples joined; returns
         the sample and the generators, to draw the flow noise from next. ``rank`` and
         ``world_size`` default to the trainer's (0 and 1 without one)."""
-        if rank is None or world_size is None:
-            trainer = self._trainer
-            rank = self.global_rank if trainer is not None else 0
-            world_size = int(trainer.world_size) if trainer is not None else 1
+        if rank is None:
+            rank = self.global_rank
+        if world_size is None:
+            world_size = int(self._trainer.world_size) if self._trainer is not None else 1
         parts_per_sample = split_batch(batch)
         generators = [
             self._step_generator(*parts, j * world_size + rank)

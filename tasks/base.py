@@ -43,6 +43,7 @@ __all__ = [
     "register_task",
     "require",
     "select_anchors",
+    "split_batch",
     "with_token",
 ]
 
@@ -140,6 +141,35 @@ class EditSample:
             is_image=first.is_image,
             source_reusable=first.source_reusable,
         )
+
+
+#: Keys of a training batch that describe the whole micro-batch, not one sample each
+#: (``datamodules.SamaDataModule``'s ``task``, ``stream``, ``index`` and ``skipped``).
+_BATCH_META_KEYS = frozenset({"task", "stream", "index", "skipped"})
+
+
+def split_batch(batch: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A collated batch as ``B`` one-sample batches, in order.
+
+    Tensors (``(B, ...)``) and lists of length ``B`` are sliced to their ``[j : j + 1]``; the
+    micro-batch's own keys (``task``, ``stream``, ``index``, ``skipped``) and any other value
+    are shared. ``B`` is the first tensor's leading size; a batch without tensors is one sample.
+    """
+    sizes = [v.shape[0] for v in batch.values() if isinstance(v, Tensor) and v.ndim > 0]
+    if not sizes:
+        return [dict(batch)]
+    size = sizes[0]
+    out: list[dict[str, Any]] = []
+    for j in range(size):
+        one: dict[str, Any] = {}
+        for key, value in batch.items():
+            per_sample = key not in _BATCH_META_KEYS and (
+                (isinstance(value, Tensor) and value.ndim > 0 and value.shape[0] == size)
+                or (isinstance(value, list) and len(value) == size)
+            )
+            one[key] = value[j : j + 1] if per_sample else value
+        out.append(one)
+    return out
 
 
 def select_anchors(target: Tensor, count: int) -> Tensor:

@@ -12,32 +12,31 @@ from test_cli import sama
 from tasks import TaskSampler
 
 
+def _ddp_override(path: Path, max_steps: int, callbacks: list, **trainer: object) -> Path:
+    """A 2-process CPU DDP override of the tiny pre-training config, seed 7, written to
+    ``path``; ``trainer`` adds or replaces trainer fields."""
+    config = {
+        "trainer": {
+            "accelerator": "cpu",
+            "devices": 2,
+            "strategy": "ddp",
+            "max_steps": max_steps,
+            "enable_progress_bar": False,
+            "logger": False,
+            "callbacks": callbacks,
+            **trainer,
+        },
+        "seed_everything": 7,  # the one seed: SamaCLI derives model.seed from it
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
 @pytest.mark.slow
 def test_two_ranks_train_the_same_task_sequence(tmp_path: Path) -> None:
     record = tmp_path / "record"
-    override = tmp_path / "ddp.yaml"
-    override.write_text(
-        yaml.safe_dump(
-            {
-                "trainer": {
-                    "accelerator": "cpu",
-                    "devices": 2,
-                    "strategy": "ddp",
-                    "max_steps": 12,
-                    "enable_progress_bar": False,
-                    "logger": False,
-                    "enable_checkpointing": False,
-                    "callbacks": [
-                        {
-                            "class_path": "helpers_data.TaskRecorder",
-                            "init_args": {"out_dir": str(record)},
-                        }
-                    ],
-                },
-                "seed_everything": 7,  # the one seed: SamaCLI derives model.seed from it
-            }
-        )
-    )
+    recorder = {"class_path": "helpers_data.TaskRecorder", "init_args": {"out_dir": str(record)}}
+    override = _ddp_override(tmp_path / "ddp.yaml", 12, [recorder], enable_checkpointing=False)
     sama("fit", "--config=configs/tiny/pretrain.yaml", f"--config={override}", timeout=500)
     ranks = [json.loads((record / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert len(ranks[0]) == 12
@@ -70,33 +69,19 @@ def test_lora_under_ddp_trains_the_adapters_and_saves_trainable_only(tmp_path: P
     import torch
 
     out = tmp_path / "out"
-    override = tmp_path / "ddp.yaml"
-    override.write_text(
-        yaml.safe_dump(
-            {
-                "trainer": {
-                    "accelerator": "cpu",
-                    "devices": 2,
-                    "strategy": "ddp",
-                    "max_steps": 4,
-                    "enable_progress_bar": False,
-                    "logger": False,
-                    "default_root_dir": str(out / "root"),
-                    "limit_val_batches": 0,
-                    "callbacks": [
-                        {
-                            "class_path": "helpers_fsdp.RankRecorder",
-                            "init_args": {"out_dir": str(out)},
-                        },
-                        {
-                            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                            "init_args": {"every_n_train_steps": 4, "save_top_k": -1},
-                        },
-                    ],
-                },
-                "seed_everything": 7,
-            }
-        )
+    callbacks = [
+        {"class_path": "helpers_fsdp.RankRecorder", "init_args": {"out_dir": str(out)}},
+        {
+            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+            "init_args": {"every_n_train_steps": 4, "save_top_k": -1},
+        },
+    ]
+    override = _ddp_override(
+        tmp_path / "ddp.yaml",
+        4,
+        callbacks,
+        default_root_dir=str(out / "root"),
+        limit_val_batches=0,
     )
     lora = "--model.lora={rank: 4, alpha: 8}"
     sama("fit", "--config=configs/tiny/pretrain.yaml", f"--config={override}", lora, timeout=500)

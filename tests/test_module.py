@@ -18,8 +18,9 @@ from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 
 from datamodules import SamaDataModule
 from sama.encoders import PixelCodec
-from sama.module import SamaModule, latent_loss_mask, split_batch
+from sama.module import SamaModule, latent_loss_mask
 from tasks import CubeInpainting, EditSample
+from tasks.base import split_batch
 
 FRAMES, SIZE = 5, (16, 16)
 
