@@ -15,7 +15,7 @@ does ahead of training, untimed); then blocks of steps alternate between the cac
 uncached module over the same batches. Median seconds per step; target cached at least 2x
 faster with the Wan2.1 VAE.
 
-    python benchmarks/bench_latent_cache.py [--steps 6] [--repeats 3]
+    python benchmarks/bench_latent_cache.py [--steps 4] [--repeats 2]
 """
 
 from __future__ import annotations
@@ -107,8 +107,8 @@ def measure(vae: dict[str, Any], n: int, repeats: int, batch_size: int) -> tuple
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=6, help="steps per block")
-    parser.add_argument("--repeats", type=int, default=3, help="blocks per side")
+    parser.add_argument("--steps", type=int, default=4, help="steps per block")
+    parser.add_argument("--repeats", type=int, default=2, help="blocks per side")
     parser.add_argument("--batch-size", type=int, default=4)
     args = parser.parse_args(argv)
     print(
