@@ -18,7 +18,7 @@ one untimed pass of the bare loop over the batches that fills the encoders' cach
 embeddings, semantic features) for both. Blocks of steps alternate between the two sides (repeats), and the table shows the median
 seconds per step over every timed step of each side and their ratio (target at most 1.10x).
 
-    python benchmarks/bench_overhead.py [--steps 12] [--repeats 3] [--configs tiny-pretrain]
+    python benchmarks/bench_overhead.py [--steps 10] [--repeats 5] [--configs tiny-pretrain]
 """
 
 from __future__ import annotations
@@ -154,8 +154,8 @@ def machine() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=12, help="timed steps per block")
-    parser.add_argument("--repeats", type=int, default=3, help="blocks per side")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per block")
+    parser.add_argument("--repeats", type=int, default=5, help="blocks per side")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per block")
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     args = parser.parse_args(argv)

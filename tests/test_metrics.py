@@ -362,3 +362,53 @@ def test_metrics_run_on_cuda(model_dirs: tuple[Path, Path]) -> None:
         metric.update(target, source=source, target=target, mask=mask)
         value = metric.compute()
         assert value.device.type == "cuda" and torch.isfinite(value)
+
+
+@pytest.mark.parametrize("opencv", [True, False])
+def test_ssim_per_frame_matches_torchmetrics(opencv: bool, monkeypatch) -> None:
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    from sama.evaluation.metrics import ssim_per_frame
+
+    if not opencv:
+        monkeypatch.setitem(sys.modules, "cv2", None)  # import cv2 -> ImportError: torch path
+    gen = torch.Generator().manual_seed(0)
+    a = torch.rand(3, 3, 23, 41, generator=gen, dtype=torch.float64)
+    b = (a + 0.2 * torch.randn(a.shape, generator=gen, dtype=torch.float64)).clamp(0, 1)
+    reference = structural_similarity_index_measure(
+        a,
+        b,
+        gaussian_kernel=True,
+        sigma=1.5,
+        kernel_size=11,
+        reduction="none",
+        data_range=1.0,
+        k1=0.01,
+        k2=0.03,
+    )
+    torch.testing.assert_close(ssim_per_frame(a, b), reference, rtol=0, atol=1e-12)
+
+
+def test_video_flows_are_cached_by_content_and_equal_recomputation() -> None:
+    from sama.evaluation import metrics
+
+    pytest.importorskip("cv2")
+    frames = ((translating_video(2)[0].permute(1, 2, 3, 0) + 1) * 127.5).round().to(torch.uint8)
+    frames = frames.numpy()
+    metrics._FLOWS.clear()
+    flows = metrics.video_flows(frames)
+    assert len(flows) == 3 and metrics.video_flows(frames.copy()) is flows  # same bytes: a hit
+    for j, flow in enumerate(flows):
+        np.testing.assert_array_equal(flow, metrics.farneback_flow(frames[j], frames[j + 1]))
+    other = frames.copy()
+    other[0, 0, 0, 0] ^= 1  # one bit differs: not the cached flows
+    assert metrics.video_flows(other) is not flows
+    budget = metrics._FLOWS.budget
+    try:
+        metrics._FLOWS.budget = 1  # too large to keep: computed pair by pair, identical
+        lazy = metrics.video_flows(frames)
+        assert not isinstance(lazy, list) and len(lazy) == 3
+        np.testing.assert_array_equal(lazy[2], flows[2])
+    finally:
+        metrics._FLOWS.budget = budget
+        metrics._FLOWS.clear()

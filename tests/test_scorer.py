@@ -9,8 +9,18 @@ import pytest
 import torch
 
 from datamodules.eval_sets import EditVerseBench, ManifestEvalSet
-from sama.evaluation.scorer import align_prediction, benchmark_main, score_predictions
-from sama.io import write_video
+from sama.evaluation.metrics import build_metrics
+from sama.evaluation.scorer import (
+    align_prediction,
+    benchmark_main,
+    eval_size,
+    resize_mask,
+    resize_video,
+    score_edit,
+    score_predictions,
+)
+from sama.files import sha256_file
+from sama.io import read_video, write_video
 
 
 def _scene(tmp_path, n: int = 2):
@@ -150,3 +160,119 @@ def test_editversebench_import(tmp_path) -> None:
     assert item.category == "color" and item.caption == "a red car" and item.target is None
     assert item.extra["direction"] == "horizontal" and item.fps == pytest.approx(12)
     assert not bench.has_target
+
+
+def _noisy_predictions(tmp_path, n: int = 2, folder: str = "preds"):
+    from sama.io import read_video
+
+    preds = tmp_path / folder
+    preds.mkdir()
+    for i in range(n):
+        target, _ = read_video(tmp_path / f"t{i}.mp4")
+        gen = torch.Generator().manual_seed(i)
+        noise = torch.randint(-6, 7, target.shape, generator=gen)
+        write_video(preds / f"x{i}.mp4", (target.int() + noise).clamp(0, 255).to(torch.uint8), 8)
+    return preds
+
+
+def _metrics_by_key(results_path) -> dict:
+    results = json.loads(results_path.read_text())
+    return {(s["id"], s["system"]): s for s in results["samples"]}
+
+
+def test_eval_size_downscales_the_short_side_and_never_upscales() -> None:
+    assert eval_size(464, 832, 256) == (256, 459)
+    assert eval_size(924, 2236, 256) == (256, 619)
+    assert eval_size(1280, 720, 256) == (455, 256)  # portrait
+    assert eval_size(256, 700, 256) == (256, 700)  # already there
+    assert eval_size(32, 48, 256) == (32, 48)  # smaller: kept, not upscaled
+    assert eval_size(464, 832, 0) == (464, 832) and eval_size(464, 832, None) == (464, 832)
+
+
+def test_resize_mask_keeps_coverage_and_empty_or_full_masks() -> None:
+    mask = torch.zeros(2, 40, 60, dtype=torch.bool)
+    mask[:, 10:30, 15:45] = True
+    small = resize_mask(mask, (20, 30))
+    assert small.dtype == torch.float32 and small.shape == (2, 20, 30)
+    assert small.mean().item() == pytest.approx(mask.float().mean().item(), abs=1e-6)
+    assert resize_mask(torch.zeros(1, 40, 60, dtype=torch.bool), (20, 30)).max() == 0
+    assert resize_mask(torch.ones(1, 40, 60, dtype=torch.bool), (20, 30)).min() == 1
+    video = torch.randint(0, 256, (3, 40, 60, 3), dtype=torch.uint8)
+    assert resize_video(video, (40, 60)) is video  # same size: untouched
+    assert resize_video(video, (20, 30)).shape == (3, 20, 30, 3)
+
+
+def test_inputs_at_or_below_the_eval_resolution_score_exactly_as_native(tmp_path) -> None:
+    bench = ManifestEvalSet(str(_scene(tmp_path, n=1)))
+    item = bench.item(0)
+    metrics, _ = build_metrics(has_target=True, has_mask=True)
+    edit = item.target.flip(-1)  # some edit (channel order reversed)
+    native = score_edit(metrics, item, edit)
+    assert score_edit(metrics, item, edit, eval_short_side=32) == native  # 32x32: at the size
+    assert score_edit(metrics, item, edit, eval_short_side=256) == native  # below it
+    shrunk = score_edit(metrics, item, edit, eval_short_side=16)  # above it: downscaled
+    assert shrunk != native and shrunk["psnr"] == pytest.approx(native["psnr"], abs=3.0)
+
+
+def test_larger_inputs_are_scored_and_recorded_at_the_eval_resolution(tmp_path) -> None:
+    manifest = _scene(tmp_path)
+    preds = _noisy_predictions(tmp_path)
+    bench = ManifestEvalSet(str(manifest))
+    out = tmp_path / "out"
+    results_path, _ = score_predictions(bench, preds, out, eval_short_side=16, workers=0)
+    results = json.loads(results_path.read_text())
+    assert results["config"]["eval_short_side"] == 16
+    assert {tuple(s["eval_size"]) for s in results["samples"]} == {(16, 16)}
+    region = {
+        s: results["overall"][s]["metrics"]["edit_region_psnr"]["mean"] for s in results["systems"]
+    }
+    assert region["oracle"] > region["model"] > region["identity"] + 10  # still discriminates
+    # the evaluation resolution is part of the resume guard: native scores are not mixed in
+    before = (out / "results.partial.jsonl").read_text()
+    results_path, _ = score_predictions(bench, preds, out, eval_short_side=0, workers=0)
+    stale = list(out.glob("results.partial.*.stale.jsonl"))
+    assert len(stale) == 1 and stale[0].read_text() == before
+    native = json.loads(results_path.read_text())
+    assert {tuple(s["eval_size"]) for s in native["samples"]} == {(32, 32)}
+    assert native["config"]["eval_short_side"] == 0
+
+
+def test_workers_give_the_in_process_records_and_resume(tmp_path) -> None:
+    manifest = _scene(tmp_path, n=3)
+    preds = _noisy_predictions(tmp_path, n=3)
+    bench = ManifestEvalSet(str(manifest))
+    serial, _ = score_predictions(bench, preds, tmp_path / "serial", workers=0)
+    parallel, _ = score_predictions(bench, preds, tmp_path / "parallel", workers=2)
+    a, b = _metrics_by_key(serial), _metrics_by_key(parallel)
+    assert list(a) == list(b)  # same records, in the same (benchmark) order
+    for key, record in a.items():
+        assert record.get("prediction_sha256") == b[key].get("prediction_sha256")
+        for name, value in record["metrics"].items():
+            assert b[key]["metrics"][name] == pytest.approx(value, abs=1e-6), (key, name)
+    log = tmp_path / "parallel" / "results.partial.jsonl"
+    keys = [(r["id"], r["system"]) for r in map(json.loads, log.read_text().splitlines())]
+    assert keys == [(f"x{i}", s) for i in range(3) for s in ("identity", "oracle", "model")]
+    # resume with workers: nothing new is scored; a changed prediction alone is scored again
+    before = log.read_text()
+    score_predictions(bench, preds, tmp_path / "parallel", workers=2)
+    assert log.read_text() == before
+    source, _ = read_video(tmp_path / "s1.mp4")
+    write_video(preds / "x1.mp4", source, 8, crf=0)  # x1 now predicts (about) "no edit"
+    again, _ = score_predictions(bench, preds, tmp_path / "parallel", workers=2)
+    added = log.read_text()[len(before) :].splitlines()
+    assert [(r["id"], r.get("system")) for r in map(json.loads, added)] == [("x1", "model")] * 2
+    rescored = _metrics_by_key(again)[("x1", "model")]
+    assert rescored["prediction_sha256"] == sha256_file(preds / "x1.mp4")
+    assert rescored["prediction_sha256"] != a[("x1", "model")]["prediction_sha256"]
+    assert rescored["metrics"]["psnr"] != a[("x1", "model")]["metrics"]["psnr"]
+
+
+def test_cli_takes_eval_short_side_and_workers(tmp_path) -> None:
+    manifest = _scene(tmp_path, n=1)
+    preds = _noisy_predictions(tmp_path, n=1)
+    out = tmp_path / "o"
+    argv = ["score", "--manifest", str(manifest), "--predictions", str(preds), "--output", str(out)]
+    assert benchmark_main([*argv, "--eval-short-side", "16", "--workers", "0"]) == 0
+    assert json.loads((out / "results.json").read_text())["config"]["eval_short_side"] == 16
+    with pytest.raises(SystemExit):
+        benchmark_main([*argv, "--workers", "-1"])

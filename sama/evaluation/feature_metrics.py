@@ -31,6 +31,9 @@ from torch import Tensor
 from sama.encoders import EfficientNetSemanticEncoder
 from sama.evaluation.metrics import EditMetric, register_metric_family
 
+_MEMO_SIZE = 4
+"""Videos whose tokens ``_FeatureEncoder`` remembers (most recently used)."""
+
 FEATURE_LAYER = "blocks"
 """The EfficientNet-Lite0 feature map the metrics read (see ``EfficientNetSemanticEncoder``)."""
 
@@ -39,9 +42,11 @@ class _FeatureEncoder:
     """The frozen EfficientNet encoder held outside the metric's module tree.
 
     Kept out of ``nn.Module`` registration so metric state dicts and checkpoints do not carry
-    its weights; it follows the input's device lazily. The tokens of the last two videos are
-    remembered (by a weak reference to the very tensor and its in-place version counter), so
-    the two metrics scoring the same ``edit`` and ``source`` tensors encode each only once.
+    its weights; it follows the input's device lazily. The tokens of the last ``_MEMO_SIZE``
+    videos used are remembered (by a weak reference to the very tensor and its in-place version
+    counter), so the two metrics scoring the same ``edit`` and ``source`` tensors encode each
+    only once, and a scorer that scores several systems against one ``source`` tensor (the
+    identity baseline, the oracle, the model) encodes that source once.
     """
 
     def __init__(self, batch_size: int) -> None:
@@ -56,8 +61,9 @@ class _FeatureEncoder:
     @torch.no_grad()
     def tokens(self, video: Tensor) -> tuple[Tensor, Tensor]:
         """``(B, 3, T, H, W)`` in [-1, 1] -> ``(local (B, T, grid*grid, D), global (B, T, D))``."""
-        for ref, version, tokens in self._memo:
+        for k, (ref, version, tokens) in enumerate(self._memo):
             if ref() is video and not video.is_inference() and video._version == version:
+                self._memo.insert(0, self._memo.pop(k))  # most recently used first
                 return tokens
         if self.encoder.device != video.device:
             self.encoder.to(video.device)
@@ -71,7 +77,8 @@ class _FeatureEncoder:
         tokens = torch.cat(chunks).reshape(b, t, per_frame, self.encoder.dim)
         result = (tokens[:, :, :-1], tokens[:, :, -1])
         if not video.is_inference():  # inference tensors carry no version counter: not memoized
-            self._memo = [(weakref.ref(video), video._version, result), *self._memo[:1]]
+            entry = (weakref.ref(video), video._version, result)
+            self._memo = [entry, *self._memo[: _MEMO_SIZE - 1]]
         return result
 
 
