@@ -82,7 +82,7 @@ def test_scoring_orders_identity_model_oracle_and_resumes(tmp_path) -> None:
         noisy = (target.int() + torch.randint(-6, 7, target.shape)).clamp(0, 255).to(torch.uint8)
         write_video(preds / f"x{i}.mp4", noisy, 8, crf=0)
     out = tmp_path / "out"
-    results_path, report = score_predictions(ManifestEvalSet(str(manifest)), preds, out)
+    results_path, report = score_predictions(ManifestEvalSet(str(manifest)), preds, out, workers=0)
     results = json.loads(results_path.read_text())
     overall = results["overall"]
     region = {s: overall[s]["metrics"]["edit_region_psnr"]["mean"] for s in results["systems"]}
@@ -92,10 +92,12 @@ def test_scoring_orders_identity_model_oracle_and_resumes(tmp_path) -> None:
     assert "recolor" in html and 'src="http' not in html and "data:image/png;base64" in html
     # resume: a second run scores nothing new (partial log unchanged)
     before = (out / "results.partial.jsonl").read_text()
-    score_predictions(ManifestEvalSet(str(manifest)), preds, out)
+    score_predictions(ManifestEvalSet(str(manifest)), preds, out, workers=0)
     assert (out / "results.partial.jsonl").read_text() == before
     # other settings (here: another checkpoint hash): the old samples are set aside, not mixed in
-    score_predictions(ManifestEvalSet(str(manifest)), preds, out, checkpoint_hash="f" * 64)
+    score_predictions(
+        ManifestEvalSet(str(manifest)), preds, out, checkpoint_hash="f" * 64, workers=0
+    )
     stale = list(out.glob("results.partial.*.stale.jsonl"))
     assert len(stale) == 1 and stale[0].read_text() == before
     again = json.loads(results_path.read_text())
