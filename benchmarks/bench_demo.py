@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -19,6 +18,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import machine  # noqa: E402
+
 TARGET_S = 300.0
 
 
@@ -48,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.repeats):
             times.append(demo_seconds(Path(tmp) / f"demo{i}"))
     median = statistics.median(times)
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores; {args.repeats} run(s)")
+    print(f"machine: {machine()}; {args.repeats} run(s)")
     print()
     print("| command | wall time (median) | budget | ratio |")
     print("|---|---|---|---|")

