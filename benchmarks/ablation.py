@@ -27,7 +27,10 @@ motion EPE, warp error and the EfficientNet feature metrics); each design's tabl
 std over seeds, differences paired by seed) go to ``docs/results.md`` between its marker
 lines, and design (c)'s plot of quality against ``N`` to ``docs/images/ablation-pairs.png``.
 Every run resumes from its ``last.ckpt`` and finished runs and benchmarks are skipped, so the
-ablation can be spread over sittings (keep ``--out`` outside the checkout)::
+ablation can be spread over sittings (keep ``--out`` outside the checkout). Each finished run's
+row also goes to ``docs/results-ablation-<design>.json`` with the settings it was measured
+with; a later invocation with the same settings takes those rows as done, so committing the
+tables and their JSON keeps the finished runs even where ``--out`` is lost::
 
     python benchmarks/ablation.py --designs a b c --pretrain-steps 500 --sft-steps 500 \\
         --seeds 0 1 2 --out /work/state/ablation
@@ -425,6 +428,42 @@ def _runs_file(path: Path, design: str) -> Path:
     return path.with_name(f"{path.stem}-ablation-{design}.json")
 
 
+def settings(args: argparse.Namespace) -> dict:
+    """What makes two runs of the same (design, pairs, seed, variant) the same run."""
+    return {
+        "pretrain_steps": args.pretrain_steps,
+        "sft_steps": args.sft_steps,
+        "fixed_sft_steps": args.fixed_sft_steps or args.pretrain_steps + args.sft_steps,
+        "bench_samples": args.bench_samples,
+        "sample_steps": args.sample_steps,
+        "fit_args": list(args.fit_arg),
+    }
+
+
+def recorded(args: argparse.Namespace) -> dict[tuple, dict]:
+    """Finished runs kept in the per-run JSON files next to ``--results`` (committed with the
+    tables), keyed ``(design, pairs, seed, variant)``: only rows measured with this
+    invocation's :func:`settings`. They are not trained or scored again, so the ablation
+    carries on from what is committed even when ``--out`` is gone."""
+    wanted, found = settings(args), {}
+    for design in args.designs:
+        path = _runs_file(Path(args.results), design)
+        if not path.exists():
+            continue
+        try:
+            rows = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise SystemExit(
+                f"ablation: {path} is not valid JSON ({error}); fix or remove it"
+            ) from None
+        for row in rows:
+            if row.get("settings") != wanted or "seed" not in row:
+                continue
+            run = {k: v for k, v in row.items() if k not in ("design", "pairs", "variant")}
+            found[(design, row.get("pairs"), row["seed"], row.get("variant"))] = run
+    return found
+
+
 def plot_pairs(rows_by_n: dict[int, dict[str, list[dict]]], out: Path) -> None:
     """Design (c): edit-region and preservation PSNR (mean ± std over seeds) against N."""
     import matplotlib
@@ -555,10 +594,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if any(n < 1 for n in args.pairs):
         parser.error("--pairs: every N must be at least 1")
-    pending = _jobs(args)
+    results = recorded(args)
+    pending = [job for job in _jobs(args) if job not in results]
+    if results:
+        print(f"ablation: {len(results)} run(s) already recorded next to {args.results}")
     if args.reverse:
         pending.reverse()
-    results: dict[tuple, dict] = {}
     while pending:
         held = []
         for design, pairs, seed, variant in pending:
@@ -573,7 +614,11 @@ def main(argv: list[str] | None = None) -> int:
                 row = run_one(variant, seed, args, design, pairs)
             finally:
                 lock.unlink(missing_ok=True)
-            results[(design, pairs, seed, variant)] = {"seed": seed, **row}
+            results[(design, pairs, seed, variant)] = {
+                "seed": seed,
+                "settings": settings(args),
+                **row,
+            }
             report(results, args)
         if held:
             print(f"ablation: {len(held)} run(s) held by another process; waiting", flush=True)

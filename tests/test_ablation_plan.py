@@ -58,3 +58,40 @@ def test_data_limited_design_limits_only_the_video_pairs() -> None:
         ablation.plan("sa_ma", 500, 500, "c")
     with pytest.raises(ValueError, match="unknown design"):
         ablation.plan("sa_ma", 500, 500, "d")
+
+
+def _row(value: float) -> dict:
+    metrics = dict.fromkeys(ablation.METRICS, value)
+    return {**metrics, "identity": metrics, "per_category": {"add": metrics}, "wall_s": 1.0}
+
+
+def test_committed_rows_are_reused_only_with_the_same_settings(tmp_path, monkeypatch) -> None:
+    results = tmp_path / "results.md"
+    argv = ["--designs", "a", "--variants", "baseline", "sa", "--seeds", "0", "1"]
+    argv += ["--results", str(results), "--out", str(tmp_path / "runs")]
+    trained = []
+
+    def fake_run(variant, seed, args, design="a", pairs=None):
+        trained.append((variant, seed))
+        return _row(10.0 + seed)
+
+    monkeypatch.setattr(ablation, "run_one", fake_run)
+    assert ablation.main(argv) == 0
+    assert sorted(trained) == [("baseline", 0), ("baseline", 1), ("sa", 0), ("sa", 1)]
+    rows = json.loads((tmp_path / "results-ablation-a.json").read_text())
+    assert {r["settings"]["sft_steps"] for r in rows} == {500}
+
+    trained.clear()  # same settings, run folder gone: nothing is trained again
+    assert ablation.main([*argv[:-1], str(tmp_path / "elsewhere")]) == 0
+    assert trained == []
+    assert "| baseline | 2 | 10.50 ± 0.71" in results.read_text()  # both seeds, from the JSON
+
+    trained.clear()  # another budget is another run
+    assert ablation.main([*argv, "--sft-steps", "100"]) == 0
+    assert len(trained) == 4
+
+
+def test_broken_per_run_file_names_itself(tmp_path) -> None:
+    (tmp_path / "results-ablation-a.json").write_text("{not json")
+    with pytest.raises(SystemExit, match="results-ablation-a.json is not valid JSON"):
+        ablation.main(["--designs", "a", "--results", str(tmp_path / "results.md")])
