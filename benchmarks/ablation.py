@@ -603,6 +603,8 @@ def main(argv: list[str] | None = None) -> int:
     while pending:
         held = []
         for design, pairs, seed, variant in pending:
+            if (design, pairs, seed, variant) in results:
+                continue  # recorded by another process meanwhile
             last = plan(
                 variant, args.pretrain_steps, args.sft_steps, design, pairs, args.fixed_sft_steps
             )[-1]
@@ -619,6 +621,8 @@ def main(argv: list[str] | None = None) -> int:
                 "settings": settings(args),
                 **row,
             }
+            # rows another process (--reverse) recorded meanwhile stay in the tables
+            results = {**recorded(args), **results}
             report(results, args)
         if held:
             print(f"ablation: {len(held)} run(s) held by another process; waiting", flush=True)

@@ -95,3 +95,24 @@ def test_broken_per_run_file_names_itself(tmp_path) -> None:
     (tmp_path / "results-ablation-a.json").write_text("{not json")
     with pytest.raises(SystemExit, match="results-ablation-a.json is not valid JSON"):
         ablation.main(["--designs", "a", "--results", str(tmp_path / "results.md")])
+
+
+def test_rows_another_process_recorded_meanwhile_stay(tmp_path, monkeypatch) -> None:
+    results = tmp_path / "results.md"
+    runs_file = tmp_path / "results-ablation-a.json"
+    argv = ["--designs", "a", "--variants", "baseline", "--seeds", "0", "1"]
+    argv += ["--results", str(results), "--out", str(tmp_path / "runs")]
+    trained = []
+
+    def run_while_another_process_records_seed1(variant, seed, args, design="a", pairs=None):
+        trained.append(seed)
+        other = {"design": "a", "pairs": None, "variant": "baseline", "seed": 1}
+        other |= {"settings": ablation.settings(args), **_row(12.0)}
+        runs_file.write_text(json.dumps([other]))
+        return _row(10.0)
+
+    monkeypatch.setattr(ablation, "run_one", run_while_another_process_records_seed1)
+    assert ablation.main(argv) == 0
+    assert trained == [0]  # seed 1 was taken from the other process's row
+    rows = {r["seed"]: r for r in json.loads(runs_file.read_text())}
+    assert sorted(rows) == [0, 1] and rows[1]["edit_region_psnr"] == 12.0
