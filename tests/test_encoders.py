@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from sama.encoders import (
+    DCTCodec,
     MiniLMTextEncoder,
     PixelCodec,
     PooledPixelSemanticEncoder,
@@ -69,6 +70,59 @@ def test_pixel_codec_latent_positions_hold_their_pixels() -> None:
     latents = codec.encode(clip)
     energy = latents.abs().sum(dim=1)[0, 0]
     assert energy[1, 0] == 4 and energy.sum() == 4
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of two videos in [-1, 1]."""
+    return float(10 * torch.log10(4 / (a - b).pow(2).mean()))
+
+
+def test_dct_codec_keeping_every_coefficient_is_lossless() -> None:
+    codec = DCTCodec(luma=64, chroma=64)
+    clip = video(frames=3)
+    latents = codec.encode(clip)
+    assert latents.shape == (2, 192, 3, 2, 3) and latents.dtype == torch.float32
+    assert torch.allclose(codec.decode(latents), clip, atol=1e-5)
+    assert isinstance(codec, VideoCodec)
+
+
+def test_dct_codec_keeps_low_frequencies_in_zigzag_order() -> None:
+    codec = DCTCodec(luma=3, chroma=1)
+    assert codec.latent_channels == 5 and codec.identity == "dct:b8:y3:c1"
+    assert codec.identity != DCTCodec(luma=3, chroma=2).identity
+    flat = torch.full((1, 3, 1, 8, 8), 0.25)  # a flat grey-ish block: DC only
+    latents = codec.encode(flat)
+    assert latents[0, 1:3].abs().max() < 1e-6 and latents[0, 0].abs().min() > 0
+    assert torch.allclose(codec.decode(latents), flat, atol=1e-5)
+    # a horizontal ramp lives in Y's first AC coefficient (u=0, v=1), channel 1
+    ramp = torch.linspace(-0.5, 0.5, 8).expand(1, 3, 1, 8, 8)
+    energy = codec.encode(ramp)[0, :, 0, 0, 0].abs()
+    assert energy[1] > 10 * energy[2] and energy[3:].max() < 1e-6
+
+
+def test_dct_codec_on_real_footage_has_unit_scale_latents_and_high_psnr() -> None:
+    from datamodules.synthedit.real_footage import RealFootageGenerator
+
+    generator = RealFootageGenerator(size=(64, 64), frames=5, split="heldout")
+    frames = torch.stack([generator.sample(i).source for i in range(4)])
+    clip = frames.permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+    codec = DCTCodec()
+    latents = codec.encode(clip)
+    assert latents.shape == (4, 48, 5, 8, 8)
+    assert 0.5 < float(latents.std()) < 2.0  # the fixed scales give about unit variance
+    assert _psnr(codec.decode(latents), clip) > 30.0  # 48 of 192 values per 8x8 block
+    assert _psnr(DCTCodec(luma=8, chroma=2).decode(DCTCodec(8, 2).encode(clip)), clip) < 30
+
+
+def test_dct_codec_rejects_bad_settings_and_shapes() -> None:
+    with pytest.raises(ValueError, match="luma must be in"):
+        DCTCodec(luma=0)
+    with pytest.raises(ValueError, match="chroma"):
+        DCTCodec(chroma=65)
+    with pytest.raises(ValueError, match="not a multiple of 8"):
+        DCTCodec().encode(video(height=12, width=16))
+    with pytest.raises(ValueError, match="latents must be"):
+        DCTCodec().decode(torch.zeros(1, 47, 1, 2, 2))
 
 
 def test_pixel_codec_rejects_bad_geometry() -> None:
