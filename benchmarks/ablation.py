@@ -74,6 +74,8 @@ MOTION_CATEGORIES = ("add", "replace")
 """Categories with added or replaced moving objects: their motion EPE against the target and
 warp error are the motion-sensitive figures."""
 BEGIN, END = "<!-- ablation:begin -->", "<!-- ablation:end -->"
+POLL_S = 30.0
+"""Seconds between looks at a run or stage another process holds."""
 
 
 def _tasks(names: list[str], with_sa: bool) -> str:
@@ -218,6 +220,23 @@ def _run_stage(stage: dict, seed: int, previous: Path | None, args: argparse.Nam
     ckpt = run / stage["name"] / "checkpoints" / "last.ckpt"
     if steps_done(ckpt) >= stage["steps"]:
         return ckpt
+    # a stage 0 is shared by several variants' runs: another process may be training it
+    lock = run / "stage.lock"
+    while not _acquire(lock):
+        print(f"ablation: {run} is being trained by another process; waiting", flush=True)
+        time.sleep(POLL_S)
+    try:
+        if steps_done(ckpt) < stage["steps"]:
+            _train_stage(stage, seed, previous, args, run, ckpt)
+    finally:
+        lock.unlink(missing_ok=True)
+    return ckpt
+
+
+def _train_stage(
+    stage: dict, seed: int, previous: Path | None, args: argparse.Namespace, run: Path, ckpt: Path
+) -> None:
+    """Run ``sama fit`` for one stage (resuming its ``last.ckpt``), adding to its wall time."""
     wall_path = run / "wall_seconds.json"
     wall = json.loads(wall_path.read_text()) if wall_path.exists() else {}
     command = [
@@ -236,7 +255,6 @@ def _run_stage(stage: dict, seed: int, previous: Path | None, args: argparse.Nam
     wall[stage["name"]] = wall.get(stage["name"], 0.0) + _sama(command)
     run.mkdir(parents=True, exist_ok=True)
     wall_path.write_text(json.dumps(wall) + "\n")
-    return ckpt
 
 
 def _wall(stage: dict, seed: int, args: argparse.Namespace) -> float:
@@ -626,7 +644,7 @@ def main(argv: list[str] | None = None) -> int:
             report(results, args)
         if held:
             print(f"ablation: {len(held)} run(s) held by another process; waiting", flush=True)
-            time.sleep(30)
+            time.sleep(POLL_S)
         pending = held
     report(results, args)
     print(f"wrote {args.results}")

@@ -116,3 +116,31 @@ def test_rows_another_process_recorded_meanwhile_stay(tmp_path, monkeypatch) -> 
     assert trained == [0]  # seed 1 was taken from the other process's row
     rows = {r["seed"]: r for r in json.loads(runs_file.read_text())}
     assert sorted(rows) == [0, 1] and rows[1]["edit_region_psnr"] == 12.0
+
+
+def test_a_stage_another_process_trains_is_waited_for_not_trained_twice(
+    tmp_path, monkeypatch
+) -> None:
+    import subprocess
+    import threading
+
+    monkeypatch.setattr(ablation, "POLL_S", 0.05)
+    trained = []
+    monkeypatch.setattr(ablation, "_train_stage", lambda *a: trained.append(a[0]["key"]))
+    stage = ablation.plan("sa_ma", 300, 300)[0]
+    args = ablation.argparse.Namespace(out=str(tmp_path))
+    run = tmp_path / stage["key"] / "seed0"
+    other = subprocess.Popen(["sleep", "30"])  # the "other process" holding the stage
+    try:
+        run.mkdir(parents=True)
+        (run / "stage.lock").write_text(f"{ablation.platform.node()}:{other.pid}")
+        worker = threading.Thread(target=ablation._run_stage, args=(stage, 0, None, args))
+        worker.start()
+        worker.join(0.5)
+        assert worker.is_alive() and trained == []  # waiting while the holder lives
+    finally:
+        other.kill()
+        other.wait()
+    worker.join(5)
+    assert not worker.is_alive() and trained == [stage["key"]]
+    assert not (run / "stage.lock").exists()
