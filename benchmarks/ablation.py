@@ -416,7 +416,8 @@ def write_results(
 ) -> None:
     """Replace design ``design``'s block of ``path`` (between its markers), atomically."""
     begin, end = _markers(design)
-    command = "python benchmarks/ablation.py " + " ".join(sys.argv[1:])
+    shown = [a for a in sys.argv[1:] if a not in ("--report", "--reverse")]
+    command = "python benchmarks/ablation.py " + " ".join(shown)
     what = _DESIGN_TEXT[design].format(
         p=args.pretrain_steps,
         s=args.sft_steps,
@@ -609,10 +610,20 @@ def main(argv: list[str] | None = None) -> int:
         help="take the runs in reverse order (a second process on the same --out meets the "
         "first in the middle; a run another live process holds is skipped and read later)",
     )
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="only rewrite the tables and the plot from the runs recorded so far; train nothing",
+    )
     args = parser.parse_args(argv)
     if any(n < 1 for n in args.pairs):
         parser.error("--pairs: every N must be at least 1")
     results = recorded(args)
+    if args.report:
+        report(results, args)
+        missing = len([job for job in _jobs(args) if job not in results])
+        print(f"wrote {args.results} from {len(results)} recorded run(s); {missing} not run yet")
+        return 0
     pending = [job for job in _jobs(args) if job not in results]
     if results:
         print(f"ablation: {len(results)} run(s) already recorded next to {args.results}")

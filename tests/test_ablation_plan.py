@@ -144,3 +144,15 @@ def test_a_stage_another_process_trains_is_waited_for_not_trained_twice(
     worker.join(5)
     assert not worker.is_alive() and trained == [stage["key"]]
     assert not (run / "stage.lock").exists()
+
+
+def test_report_only_trains_nothing_and_says_what_is_missing(tmp_path, monkeypatch, capsys) -> None:
+    results = tmp_path / "results.md"
+    argv = ["--designs", "a", "--variants", "baseline", "sa", "--seeds", "0"]
+    argv += ["--results", str(results), "--out", str(tmp_path / "runs")]
+    monkeypatch.setattr(ablation, "run_one", lambda *a, **k: _row(10.0))
+    assert ablation.main([*argv[:4], *argv[5:]]) == 0  # records baseline only
+    monkeypatch.setattr(ablation, "run_one", lambda *a, **k: pytest.fail("trained in --report"))
+    assert ablation.main([*argv, "--report"]) == 0
+    assert "1 recorded run(s); 1 not run yet" in capsys.readouterr().out
+    assert "| baseline | 1 | 10.00 ± 0.00" in results.read_text()
