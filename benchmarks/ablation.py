@@ -30,7 +30,8 @@ Every run resumes from its ``last.ckpt`` and finished runs and benchmarks are sk
 ablation can be spread over sittings (keep ``--out`` outside the checkout). Each finished run's
 row also goes to ``docs/results-ablation-<design>.json`` with the settings it was measured
 with; a later invocation with the same settings takes those rows as done, so committing the
-tables and their JSON keeps the finished runs even where ``--out`` is lost::
+tables and their JSON keeps the finished runs even where ``--out`` is lost; ``--report``
+rewrites the tables from the recorded runs without training anything::
 
     python benchmarks/ablation.py --designs a b c --pretrain-steps 500 --sft-steps 500 \\
         --seeds 0 1 2 --out /work/state/ablation
