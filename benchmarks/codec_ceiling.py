@@ -24,14 +24,15 @@ if str(ROOT) not in sys.path:
 from benchmarks.common import machine  # noqa: E402
 from datamodules.synthedit.real_footage import RealFootageGenerator  # noqa: E402
 from sama.encoders import DCTCodec, PixelCodec  # noqa: E402
+from sama.evaluation.metrics import PSNR_CAP_DB, psnr_from_mse  # noqa: E402
 
 SETTINGS = [(16, 4), (24, 4), (32, 8), (40, 12), (64, 16)]
 """``(luma, chroma)`` coefficients kept per 8x8 block; the editor's default is (32, 8)."""
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB of two videos in [-1, 1] (peak-to-peak 2)."""
-    return float(10 * torch.log10(4 / (a - b).pow(2).mean().clamp_min(1e-20)))
+    """PSNR in dB of two videos in [-1, 1], on [0, 1] data as the benchmark's metrics."""
+    return float(psnr_from_mse(((a - b) / 2).pow(2).mean()))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, codec in codecs:
         latents = codec.encode(video)
         value = psnr(codec.decode(latents), video)
-        shown = "lossless" if value > 100 else f"{value:.2f}"
+        shown = "lossless" if value >= PSNR_CAP_DB else f"{value:.2f}"
         print(f"| {name} | {latents.shape[1]} | {float(latents.std()):.2f} | {shown} |")
     return 0
 

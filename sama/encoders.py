@@ -150,6 +150,13 @@ def _check_video(video: Tensor, temporal: int, spatial: int, what: str) -> None:
         raise ValueError(f"{what}: frame size {height}x{width} is not a multiple of {spatial}")
 
 
+def _check_latents(latents: Tensor, channels: int, what: str) -> None:
+    if latents.ndim != 5 or latents.shape[1] != channels:
+        raise ValueError(
+            f"{what}: latents must be (B, {channels}, t, h, w), got {tuple(latents.shape)}"
+        )
+
+
 # ----------------------------------------------------------------------------- video codecs
 def tiny_wan_vae_config(*, z_dim: int = 16, base_dim: int = 8) -> dict[str, Any]:
     """A small ``AutoencoderKLWan`` config (4x temporal, 8x spatial, like the real VAE)."""
@@ -264,11 +271,7 @@ class PixelCodec(FrozenEncoder):
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
         """``(B, 3*tf*s*s, k+1, h, w)`` -> ``(B, 3, 1+tf*k, h*s, w*s)`` clamped to [-1, 1]."""
-        if latents.ndim != 5 or latents.shape[1] != self.latent_channels:
-            raise ValueError(
-                f"PixelCodec.decode: latents must be (B, {self.latent_channels}, t, h, w), got "
-                f"{tuple(latents.shape)}"
-            )
+        _check_latents(latents, self.latent_channels, "PixelCodec.decode")
         s, tf = self.spatial_factor, self.temporal_factor
         b, _, t, h, w = latents.shape
         x = latents.reshape(b, 3, tf, s, s, t, h, w)
@@ -372,11 +375,7 @@ class DCTCodec(FrozenEncoder):
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
         """``(B, luma + 2*chroma, t, h, w)`` -> ``(B, 3, t, 8h, 8w)`` clamped to [-1, 1]."""
-        if latents.ndim != 5 or latents.shape[1] != self.latent_channels:
-            raise ValueError(
-                f"DCTCodec.decode: latents must be (B, {self.latent_channels}, t, h, w), got "
-                f"{tuple(latents.shape)}"
-            )
+        _check_latents(latents, self.latent_channels, "DCTCodec.decode")
         s = self.block
         b, _, t, h, w = latents.shape
         latents = latents.to(self.dct.device).float()
