@@ -46,8 +46,8 @@ REAL_CLIP = "carphone_pristine"
 """The real clip the demo edits: held-out footage, never in the real-footage editor's training."""
 REAL_FRAMES = 9
 REAL_EDITS: tuple[tuple[str, str], ...] = (
-    ("grayscale", "Make the video black and white."),
-    ("sepia", "Give the video a sepia tone."),
+    ("blue_tint", "Wash the whole video in blue."),
+    ("purple_tint", "Tint the video purple."),
 )
 """``(global edit of apply_global_edit, instruction)``: edits with an exact answer to show."""
 REAL_SIZE = "64x80"

@@ -30,8 +30,8 @@ def test_demo_writes_every_output(demo_run: Path, capsys: pytest.CaptureFixture[
     for path in (
         "pretrain/checkpoints/last.ckpt",
         "sft/checkpoints/last.ckpt",
-        "edits/real_grayscale.mp4",
-        "edits/real_sepia.mp4",
+        "edits/real_blue_tint.mp4",
+        "edits/real_purple_tint.mp4",
         "real-edits.png",
         "bench/results.json",
         "bench/report.html",
@@ -41,17 +41,17 @@ def test_demo_writes_every_output(demo_run: Path, capsys: pytest.CaptureFixture[
     assert list((demo_run / "sft").glob("events.out.tfevents.*"))
     results = json.loads((demo_run / "bench" / "results.json").read_text())
     assert results["config"]["checkpoint"].endswith("sft/checkpoints/last.ckpt")
-    edit, _ = read_video(demo_run / "edits" / "real_grayscale.mp4")
+    edit, _ = read_video(demo_run / "edits" / "real_blue_tint.mp4")
     assert edit.shape == (9, 144, 176, 3)  # restored to the clip's own size
     picture = np.asarray(Image.open(demo_run / "real-edits.png"))
     assert picture.shape[1] > 3 * 3 * 176  # source | edit | target strips of 3 frames each
     # a re-run reuses the trained stages and the real-clip edits
-    before = (demo_run / "edits" / "real_grayscale.mp4").stat().st_mtime_ns
+    before = (demo_run / "edits" / "real_blue_tint.mp4").stat().st_mtime_ns
     assert demo.main([f"--out={demo_run}", *OWN, *FAST]) == 0
     printed = capsys.readouterr().out
     assert "stage 0: reusing" in printed and "stage 1: reusing" in printed
     assert "real clip: reusing" in printed and "demo's own stage-1 checkpoint" in printed
-    assert (demo_run / "edits" / "real_grayscale.mp4").stat().st_mtime_ns == before
+    assert (demo_run / "edits" / "real_blue_tint.mp4").stat().st_mtime_ns == before
     assert "not the real-footage editor" in printed
 
 
