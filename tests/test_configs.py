@@ -261,4 +261,5 @@ def test_bench_configs_parse_with_a_model_from_elsewhere(
     config = parsed(path, f"--model={tmp_path / 'model.yaml'}", capsys=capsys, command="test")
     data = config["data"]
     assert data["class_path"].endswith("EvalDataModule")
-    assert data["init_args"]["benchmark"]["class_path"].endswith("SynthEditEvalSet")
+    expected = {"synthedit.yaml": "SynthEditEvalSet", "real-footage.yaml": "RealFootageEvalSet"}
+    assert data["init_args"]["benchmark"]["class_path"].endswith(expected[path.name])
