@@ -36,6 +36,7 @@ from tasks import CubeInpainting
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_EDITOR = ROOT / "weights" / "tiny-editor"
+REAL_EDITOR = ROOT / "weights" / "real-editor"
 
 
 @pytest.fixture(scope="module")
@@ -203,6 +204,24 @@ def test_the_shipped_tiny_editor_reads_with_derived_inference_fields() -> None:
     # PooledPixelSemanticEncoder(grid=8): 8*8 + 1 tokens per anchor frame, released defaults
     assert info == InferenceInfo(anchor_frames=1, semantic_tokens_per_frame=65)
     assert info.semantic_tokens == 65
+
+
+def test_the_shipped_real_footage_editor_is_complete_checksummed_and_small() -> None:
+    assert set(verify_checksums(REAL_EDITOR)) == {
+        "encoders.json",
+        "model.safetensors",
+        "sama_config.json",
+        "summary.json",
+    }
+    assert sum(p.stat().st_size for p in REAL_EDITOR.iterdir()) <= 20 * 2**20  # issue 16's cap
+    codec = json.loads((REAL_EDITOR / ENCODERS_FILE).read_text())["codec"]
+    assert codec == {"class_path": "sama.encoders.DCTCodec", "init_args": {"luma": 32, "chroma": 8}}
+    summary = json.loads((REAL_EDITOR / "summary.json").read_text())
+    assert summary["complete"] and summary["steps"] == summary["max_steps"]
+    assert summary["recipe"] == [
+        "configs/tiny/real-editor-pretrain.yaml",
+        "configs/tiny/real-editor-sft.yaml",
+    ]
 
 
 def test_reading_an_export_imports_no_training_code(tmp_path: Path) -> None:
