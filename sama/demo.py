@@ -167,21 +167,32 @@ every stage runs; `make train-tiny` is the recipe of the shipped editor."""
     return 0
 
 
+def _shipped(choice: str, what: str) -> Path | None:
+    """The export folder ``choice`` with its checksums verified, or None when ``choice`` is
+    ``"none"`` or holds no ``SHA256SUMS`` (said on stdout, naming ``what`` was looked for)."""
+
+    if choice == "none":
+        return None
+    shipped = Path(choice)
+    if not (shipped / "SHA256SUMS").is_file():
+        print(f"demo: no shipped {what} at {shipped} (no SHA256SUMS)")
+        return None
+    try:
+        verify_checksums(shipped)
+    except ValueError as err:
+        raise SystemExit(f"demo: {err}") from None
+    return shipped
+
+
 def _choose_editor(choice: str, own_ckpt: Path) -> tuple[Path, str]:
     """The model that edits: the shipped export (checksums verified) or the demo's own run."""
 
-    if choice != "none":
-        shipped = Path(choice)
-        if (shipped / "SHA256SUMS").is_file():
-            try:
-                verify_checksums(shipped)
-            except ValueError as err:
-                raise SystemExit(f"demo: {err}") from None
-            return shipped, (
-                f"Editing and benchmark use the shipped tiny editor {shipped} (checksums OK; "
-                "recipe: make train-tiny, log summary in summary.json)."
-            )
-        print(f"demo: no shipped editor at {shipped} (no SHA256SUMS); using the demo's own run")
+    shipped = _shipped(choice, "editor")
+    if shipped is not None:
+        return shipped, (
+            f"Editing and benchmark use the shipped tiny editor {shipped} (checksums OK; "
+            "recipe: make train-tiny, log summary in summary.json)."
+        )
     return own_ckpt, (
         f"Editing and benchmark use the demo's own stage-1 checkpoint {own_ckpt}: a few hundred "
         "steps, so expect edits that are far from good."
@@ -192,29 +203,17 @@ def _choose_real_editor(choice: str, fallback: Path) -> tuple[Path, str, str]:
     """The model that edits the real clip, its processing size ``HxW`` and a note: the shipped
     real-footage editor (checksums verified) at 64 px, or else ``fallback`` at 32 px."""
 
-    if choice != "none":
-        shipped = Path(choice)
-        if (shipped / "SHA256SUMS").is_file():
-            try:
-                verify_checksums(shipped)
-            except ValueError as err:
-                raise SystemExit(f"demo: {err}") from None
-            return (
-                shipped,
-                REAL_SIZE,
-                (
-                    f"The real clip is edited by the shipped real-footage editor {shipped} at "
-                    f"{REAL_SIZE} (checksums OK; recipe: make train-tiny RECIPE=real-editor)."
-                ),
-            )
-        print(f"demo: no shipped real-footage editor at {shipped} (no SHA256SUMS)")
-    return (
-        fallback,
-        FALLBACK_SIZE,
-        (
-            f"The real clip is edited by {fallback} at {FALLBACK_SIZE} (not the real-footage editor)."
-        ),
+    shipped = _shipped(choice, "real-footage editor")
+    if shipped is not None:
+        note = (
+            f"The real clip is edited by the shipped real-footage editor {shipped} at "
+            f"{REAL_SIZE} (checksums OK; recipe: make train-tiny RECIPE=real-editor)."
+        )
+        return shipped, REAL_SIZE, note
+    note = (
+        f"The real clip is edited by {fallback} at {FALLBACK_SIZE} (not the real-footage editor)."
     )
+    return fallback, FALLBACK_SIZE, note
 
 
 def _edit_real_clip(
